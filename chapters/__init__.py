@@ -1,0 +1,1 @@
+"""LLM from Scratch: one package per chapter, each generated from its notebook."""
