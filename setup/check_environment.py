@@ -19,6 +19,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MINIMUM_PYTHON = (3, 10)
 FIX_INSTALL = "run `python3 setup/bootstrap.py check` (it installs requirements.txt into .venv)"
 
 
@@ -84,7 +85,7 @@ def main() -> int:
     print(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}")
     print(f"CPU cores: {os.cpu_count()}\n\npackages:")
     problems = []
-    if sys.version_info < (3, 10):
+    if sys.version_info[:2] < MINIMUM_PYTHON:
         problems.append("Python 3.10 or newer is needed: install it and create .venv with it.")
     problems += package_problems()
     problems += device_report()
