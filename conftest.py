@@ -23,7 +23,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if "LLM_COURSE_ARTIFACTS" not in os.environ:
         os.environ["LLM_COURSE_ARTIFACTS"] = tempfile.mkdtemp(prefix="llm-course-artifacts-")
     os.environ.setdefault("LLM_COURSE_RUN_DIR", tempfile.mkdtemp(prefix="llm-course-run-"))
-    os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("TQDM_MININTERVAL", "5")  # keep notebook outputs short
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 import sys
 import time
 from pathlib import Path
@@ -74,7 +73,6 @@ def main() -> int:
     parser.add_argument("only", nargs="*", help="run only notebooks whose path contains these")
     arguments = parser.parse_args()
 
-    os.environ.setdefault("MPLBACKEND", "Agg")
     notebooks = [
         path
         for path in course_notebooks()
