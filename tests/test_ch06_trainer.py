@@ -1,0 +1,373 @@
+"""Chapter 6: the trainer (schedule, loss, clipping, accumulation, resume, divergence, errors).
+
+Most tests use a tiny stand-in language model (an embedding, a norm, dropout and a linear
+head) so that they run in a fraction of a second; the trainer only needs forward(ids) ->
+logits and an optional `.config` with `context_length` and `to_dict`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from chapters.ch06_pretraining.trainer import (
+    IGNORE_INDEX,
+    Trainer,
+    TrainingConfig,
+    build_optimizer,
+    clip_by_global_norm,
+    cross_entropy_loss,
+    latest_checkpoint,
+    lr_at,
+    open_token_shard,
+    open_tokenizer,
+    random_window_batches,
+    sequential_eval_batches,
+)
+
+VOCAB = 50
+
+
+@dataclass
+class TinyConfig:
+    vocab_size: int = VOCAB
+    context_length: int = 16
+    d_model: int = 24
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TinyLanguageModel(torch.nn.Module):
+    def __init__(self, config: TinyConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = torch.nn.Embedding(config.vocab_size, config.d_model)
+        self.mix = torch.nn.Linear(config.d_model, config.d_model)
+        self.norm = torch.nn.LayerNorm(config.d_model)
+        self.dropout = torch.nn.Dropout(0.1)  # makes the RNG state matter for resume
+        self.head = torch.nn.Linear(config.d_model, config.vocab_size, bias=False)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.dropout(torch.tanh(self.mix(self.embedding(token_ids))))
+        return self.head(self.norm(hidden))
+
+
+def tiny_model(seed: int = 0, **overrides) -> TinyLanguageModel:
+    torch.manual_seed(seed)
+    return TinyLanguageModel(TinyConfig(**overrides))
+
+
+def tiny_config(**overrides) -> TrainingConfig:
+    values = dict(
+        steps=12,
+        batch_size=4,
+        context_length=16,
+        warmup_steps=3,
+        learning_rate=1e-2,
+        min_lr=1e-3,
+        eval_interval=0,
+        log_interval=3,
+    )
+    values.update(overrides)
+    return TrainingConfig(**values)
+
+
+@pytest.fixture
+def tokens() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, VOCAB, size=5000).astype(np.uint16)
+
+
+def make_trainer(tokens, config=None, model=None, **kwargs) -> Trainer:
+    config = config or tiny_config()
+    get_batch = random_window_batches(tokens, config.batch_size, config.context_length, seed=1)
+    kwargs.setdefault("show_progress", False)
+    return Trainer(model or tiny_model(), config, get_batch, device="cpu", **kwargs)
+
+
+# ---- learning-rate schedule ---------------------------------------------------------------
+
+
+def test_lr_warm_up_is_linear_from_peak_over_warmup_steps():
+    config = tiny_config(steps=100, warmup_steps=10, learning_rate=1e-3, min_lr=1e-4)
+    assert lr_at(0, config) == pytest.approx(1e-4)
+    assert lr_at(4, config) == pytest.approx(5e-4)
+
+
+def test_lr_reaches_the_peak_at_the_end_of_warm_up():
+    config = tiny_config(steps=100, warmup_steps=10, learning_rate=1e-3, min_lr=1e-4)
+    assert lr_at(9, config) == pytest.approx(1e-3)
+    assert lr_at(10, config) == pytest.approx(1e-3)
+
+
+def test_lr_ends_exactly_on_the_floor_and_stays_there():
+    config = tiny_config(steps=100, warmup_steps=10, learning_rate=1e-3, min_lr=1e-4)
+    assert lr_at(99, config) == pytest.approx(1e-4)
+    assert lr_at(500, config) == pytest.approx(1e-4)
+
+
+def test_lr_is_halfway_between_peak_and_floor_halfway_through_the_decay():
+    config = tiny_config(steps=101, warmup_steps=0, learning_rate=1e-3, min_lr=1e-4)
+    assert lr_at(50, config) == pytest.approx((1e-3 + 1e-4) / 2)
+
+
+def test_lr_decays_monotonically_after_warm_up():
+    config = tiny_config(steps=200, warmup_steps=20)
+    values = [lr_at(step, config) for step in range(20, 200)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+# ---- loss ---------------------------------------------------------------------------------
+
+
+def test_stable_cross_entropy_matches_torch_on_random_logits():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 7, 11, generator=generator) * 5
+    labels = torch.randint(0, 11, (3, 7), generator=generator)
+    labels[0, :3] = IGNORE_INDEX
+    ours = cross_entropy_loss(logits, labels)
+    theirs = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_stable_cross_entropy_gradient_matches_torch():
+    logits = torch.randn(20, 13, requires_grad=True)
+    labels = torch.randint(0, 13, (20,))
+    (grad_ours,) = torch.autograd.grad(cross_entropy_loss(logits, labels), logits)
+    (grad_theirs,) = torch.autograd.grad(F.cross_entropy(logits, labels), logits)
+    torch.testing.assert_close(grad_ours, grad_theirs)
+
+
+def test_stable_cross_entropy_stays_finite_for_huge_logits():
+    logits = torch.tensor([[1e30, 0.0, -1e30], [5e4, 5e4, 0.0]])
+    labels = torch.tensor([1, 0])
+    loss = cross_entropy_loss(logits, labels)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, labels))
+
+
+def test_untrained_model_loss_is_close_to_ln_vocab_size():
+    model_module = pytest.importorskip("chapters.ch04_blocks.model")
+    torch.manual_seed(0)
+    config = model_module.ModelConfig(
+        vocab_size=512, context_length=32, d_model=64, n_layers=2, n_heads=4
+    )
+    model = model_module.LanguageModel(config)
+    ids = torch.randint(0, 512, (4, 32))
+    with torch.no_grad():
+        loss = cross_entropy_loss(model(ids[:, :-1]), ids[:, 1:])
+    assert abs(float(loss) - math.log(512)) < 0.3
+
+
+# ---- optimizer, clipping, accumulation -----------------------------------------------------
+
+
+def test_weight_decay_applies_to_matrices_only():
+    model = tiny_model()
+    optimizer = build_optimizer(model, tiny_config(weight_decay=0.1))
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            assert group["weight_decay"] == (0.1 if parameter.dim() >= 2 else 0.0)
+
+
+def test_clipping_scales_the_global_norm_down_to_the_limit_like_torch():
+    torch.manual_seed(2)
+    ours = [torch.nn.Parameter(torch.randn(5, 4)), torch.nn.Parameter(torch.randn(3))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for a, b in zip(ours, theirs, strict=True):
+        a.grad = torch.randn_like(a) * 10
+        b.grad = a.grad.clone()
+    norm_before = clip_by_global_norm(ours, 1.0)
+    torch_norm = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    assert norm_before == pytest.approx(float(torch_norm), rel=1e-5)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+    clipped = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in ours))
+    assert clipped == pytest.approx(1.0, rel=1e-4)
+
+
+def test_clipping_leaves_gradients_below_the_limit_unchanged():
+    parameter = torch.nn.Parameter(torch.zeros(4))
+    parameter.grad = torch.tensor([0.1, -0.2, 0.0, 0.05])
+    expected = parameter.grad.clone()
+    clip_by_global_norm([parameter], 1.0)
+    torch.testing.assert_close(parameter.grad, expected)
+
+
+def test_accumulation_gives_the_same_gradient_as_one_large_batch():
+    generator = torch.Generator().manual_seed(3)
+    inputs = torch.randint(0, VOCAB, (8, 16), generator=generator)
+    labels = torch.randint(0, VOCAB, (8, 16), generator=generator)
+    labels[torch.rand(8, 16, generator=generator) < 0.3] = IGNORE_INDEX  # uneven masks
+
+    def one_batch(step, micro_step):
+        return inputs, labels
+
+    def four_micro_batches(step, micro_step):
+        rows = slice(2 * micro_step, 2 * micro_step + 2)
+        return inputs[rows], labels[rows]
+
+    big = Trainer(
+        tiny_model(), tiny_config(batch_size=8), one_batch, device="cpu", show_progress=False
+    )
+    small = Trainer(
+        tiny_model(),
+        tiny_config(batch_size=2, grad_accumulation=4),
+        four_micro_batches,
+        device="cpu",
+        show_progress=False,
+    )
+    big.model.eval(), small.model.eval()  # no dropout: the two passes must see the same net
+    loss_big = big.accumulate_gradients(0)
+    loss_small = small.accumulate_gradients(0)
+    assert loss_small == pytest.approx(loss_big, rel=1e-5)
+    for a, b in zip(big.model.parameters(), small.model.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+def test_random_windows_are_a_pure_function_of_step_and_micro_step(tokens):
+    get_batch = random_window_batches(tokens, 4, 16, seed=5)
+    first = get_batch(7, 1)
+    get_batch(8, 0)  # drawing another batch in between changes nothing
+    again = get_batch(7, 1)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], get_batch(7, 0)[0])
+
+
+def test_labels_are_the_inputs_shifted_by_one_token(tokens):
+    inputs, labels = random_window_batches(tokens, 4, 16, seed=5)(0, 0)
+    assert inputs.dtype == labels.dtype == torch.long
+    assert torch.equal(inputs[:, 1:], labels[:, :-1])
+
+
+def test_sequential_eval_batches_walk_the_data_in_order(tokens):
+    batches = list(sequential_eval_batches(tokens, 2, 10, max_batches=3))
+    assert len(batches) == 3
+    flat = torch.cat([inputs.flatten() for inputs, _ in batches])
+    assert torch.equal(flat, torch.from_numpy(tokens[:60].astype(np.int64)))
+
+
+# ---- resume and divergence -----------------------------------------------------------------
+
+
+def test_resume_from_a_checkpoint_continues_bit_for_bit(tokens, tmp_path):
+    uninterrupted = make_trainer(tokens)
+    uninterrupted.fit()
+
+    first = make_trainer(tokens, checkpoint_dir=tmp_path)
+    first.fit(until_step=5)
+    resumed = make_trainer(tokens, model=tiny_model(seed=99), checkpoint_dir=tmp_path)
+    assert resumed.resume() == 5
+    resumed.fit()
+
+    assert resumed.step == uninterrupted.step == 12
+    for (name, a), (_, b) in zip(
+        uninterrupted.model.named_parameters(), resumed.model.named_parameters(), strict=True
+    ):
+        assert torch.equal(a, b), f"{name} differs after resume"
+    assert resumed.history.step_losses == uninterrupted.history.step_losses
+
+
+def test_checkpoint_is_written_atomically_with_a_json_pointer(tokens, tmp_path):
+    trainer = make_trainer(
+        tokens, tiny_config(steps=4, checkpoint_interval=2), checkpoint_dir=tmp_path
+    )
+    trainer.fit()
+    folder = latest_checkpoint(tmp_path)
+    assert folder.name == "step_0000004"
+    state = json.loads((folder / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["training_config"]["steps"] == 4
+    assert not list(tmp_path.glob(".step_*"))  # no temporary folders left behind
+
+
+def test_injected_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tokens, tmp_path):
+    model = tiny_model()
+    calls = {"count": 0}
+
+    def poison_after_six_calls(module, inputs, output):
+        calls["count"] += 1
+        return output * float("nan") if calls["count"] > 6 else output
+
+    model.register_forward_hook(poison_after_six_calls)
+    trainer = make_trainer(
+        tokens, tiny_config(checkpoint_interval=2), model=model, checkpoint_dir=tmp_path
+    )
+    history = trainer.fit()
+    assert history.diverged and "nan" in history.stopped_reason
+    assert trainer.step == 6
+    assert latest_checkpoint(tmp_path).name == "step_0000006"
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_a_loss_spike_beyond_the_factor_stops_the_run(tokens):
+    model = tiny_model()
+    calls = {"count": 0}
+
+    def spike_at_call_25(module, inputs, output):
+        calls["count"] += 1
+        return output * 300.0 if calls["count"] == 25 else output
+
+    model.register_forward_hook(spike_at_call_25)
+    history = make_trainer(tokens, tiny_config(steps=40), model=model).fit()
+    assert history.diverged and "x the mean" in history.stopped_reason
+    assert len(history.step_losses) == 24
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+
+def test_missing_token_shard_names_the_path_and_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ensure_token_shards"):
+        open_token_shard(tmp_path / "train.bin")
+
+
+def test_missing_tokenizer_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ensure_tokenizer"):
+        open_tokenizer(tmp_path / "tokenizer.json")
+
+
+def test_context_longer_than_the_model_is_refused(tokens):
+    with pytest.raises(ValueError, match="context_length=32.*context_length=16"):
+        make_trainer(tokens, tiny_config(context_length=32))
+
+
+def test_batch_larger_than_the_data_is_refused():
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        random_window_batches(np.zeros(100, dtype=np.uint16), batch_size=8, context_length=16)
+
+
+def test_checkpoint_from_a_different_config_names_the_fields(tokens, tmp_path):
+    make_trainer(tokens, tiny_config(steps=4), checkpoint_dir=tmp_path).fit()
+    other = make_trainer(tokens, tiny_config(steps=4, learning_rate=5e-3), checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"learning_rate \(checkpoint 0.01, now 0.005\)"):
+        other.resume()
+
+
+def test_checkpoint_from_a_different_model_names_the_fields(tokens, tmp_path):
+    make_trainer(tokens, tiny_config(steps=4), checkpoint_dir=tmp_path).fit()
+    other = make_trainer(tokens, tiny_config(steps=4), model=tiny_model(d_model=32))
+    with pytest.raises(ValueError, match="model.d_model"):
+        other.resume(tmp_path)
+
+
+def test_invalid_training_config_says_what_is_wrong():
+    with pytest.raises(ValueError, match="min_lr"):
+        TrainingConfig(learning_rate=1e-3, min_lr=1e-2)
+    with pytest.raises(ValueError, match="precision"):
+        TrainingConfig(precision="fp8")
+
+
+def test_training_config_round_trips_through_a_dict():
+    config = tiny_config(precision="bf16")
+    assert TrainingConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="Unknown TrainingConfig fields"):
+        TrainingConfig.from_dict({**config.to_dict(), "lr": 1.0})
