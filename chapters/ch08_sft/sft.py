@@ -1,0 +1,911 @@
+# Generated from chapters/ch08_sft/ch08_sft.ipynb by `python setup/export_modules.py`. Do not edit:
+# change the notebook's cells tagged for export and run that command again.
+
+
+"""Chapter 8: supervised fine-tuning (SFT) with the loss on response tokens only.
+
+The story, top to bottom: a chat template built from chapter 2's special tokens; the
+instruction-response pairs (mined from the corpus with `ast`, and checkable task families
+whose answers a program verifies); JSONL with a split, read back with every malformed line
+reported; tokenization with an exact prompt/response boundary; labels that ignore the prompt;
+a padding collate and a packing collate; fine-tuning with chapter 6's trainer; evaluation
+(masked response loss, exact-match accuracy); and `ensure_sft_model()` for chapters 9 and 10.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from chapters.course import artifacts_dir, atomic_write
+
+IGNORE_INDEX = -100  # the label value torch's cross_entropy skips (chapter 6 uses the same)
+EOT_TOKEN, PAD_TOKEN, USER_TOKEN, ASSISTANT_TOKEN = (
+    "<|endoftext|>",
+    "<|pad|>",
+    "<|user|>",
+    "<|assistant|>",
+)
+EOT_ID, PAD_ID, USER_ID, ASSISTANT_ID = 0, 1, 2, 3
+
+
+def format_prompt(prompt: str) -> str:
+    """The text the model sees before it answers: `<|user|>` prompt `<|assistant|>`."""
+    return f"{USER_TOKEN}{prompt}{ASSISTANT_TOKEN}"
+
+
+def format_example(prompt: str, response: str) -> str:
+    """One whole training example: `<|user|>` prompt `<|assistant|>` response `<|endoftext|>`."""
+    return f"{format_prompt(prompt)}{response}{EOT_TOKEN}"
+
+
+def parse_example(text: str) -> tuple[str, str]:
+    """Invert `format_example`: return `(prompt, response)`, or raise if `text` is not one example."""
+    if not (text.startswith(USER_TOKEN) and text.endswith(EOT_TOKEN)):
+        raise ValueError(
+            f"not a chat example: it must start with {USER_TOKEN} and end with {EOT_TOKEN}, "
+            f"got {text[:40]!r}...{text[-20:]!r}"
+        )
+    body = text[len(USER_TOKEN) : -len(EOT_TOKEN)]
+    if body.count(ASSISTANT_TOKEN) != 1:
+        raise ValueError(
+            f"a chat example holds exactly one {ASSISTANT_TOKEN}, found {body.count(ASSISTANT_TOKEN)}"
+        )
+    prompt, response = body.split(ASSISTANT_TOKEN)
+    return prompt, response
+
+
+# Short, common words (most are one BPE token of chapter 2's tokenizer). Every fourth word is
+# held out: it never appears in a training pair, only in the held-out set.
+WORDS = [
+    "name",
+    "value",
+    "data",
+    "file",
+    "path",
+    "label",
+    "text",
+    "line",
+    "key",
+    "item",
+    "node",
+    "type",
+    "size",
+    "code",
+    "mode",
+    "time",
+    "test",
+    "object",
+    "result",
+    "error",
+    "index",
+    "count",
+    "string",
+    "number",
+    "buffer",
+    "parser",
+    "token",
+    "module",
+    "default",
+    "format",
+    "version",
+    "field",
+    "child",
+    "parent",
+    "source",
+    "target",
+    "message",
+    "header",
+    "stream",
+    "socket",
+    "thread",
+    "lock",
+    "event",
+    "queue",
+    "task",
+    "state",
+    "table",
+    "row",
+    "column",
+    "user",
+    "host",
+    "port",
+    "date",
+    "month",
+    "year",
+    "day",
+    "hour",
+    "char",
+    "byte",
+    "word",
+    "block",
+    "frame",
+    "level",
+    "depth",
+    "width",
+    "color",
+    "shape",
+    "point",
+    "tree",
+    "root",
+    "leaf",
+    "link",
+    "page",
+    "query",
+    "entry",
+    "record",
+]
+HELD_OUT_WORDS = WORDS[3::4]
+TRAIN_WORDS = [word for word in WORDS if word not in HELD_OUT_WORDS]
+CALLABLES = ("len", "print", "str", "sorted", "list", "abs", "repr", "int", "set", "tuple")
+NUMBER_WORDS = {2: "two", 3: "three"}
+
+
+def _is_held_out_pair(a: int, b: int) -> bool:
+    """A fixed fifth of the digit pairs (a, b) are held out (a stable hash, not Python's)."""
+    return zlib.crc32(f"{a},{b}".encode()) % 5 == 0
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """Templates (the last one is held out) and a sampler of the values that fill them.
+
+    `sample(rng, held_out)` returns the values of one task as a dict; `answer(values)` is the
+    one correct response; `verify(values, response)` says whether a response is right, by
+    computing it, not by looking it up.
+    """
+
+    name: str
+    templates: tuple[str, ...]
+    sample: Callable[[random.Random, bool], dict]
+    answer: Callable[[dict], str]
+    verify: Callable[[dict, str], bool]
+
+    @property
+    def train_templates(self) -> tuple[str, ...]:
+        return self.templates[:-1]
+
+    @property
+    def held_out_template(self) -> str:
+        return self.templates[-1]
+
+
+def _words(rng: random.Random, held_out: bool, k: int) -> list[str]:
+    pool = HELD_OUT_WORDS if held_out else TRAIN_WORDS
+    return rng.sample(pool, k)
+
+
+def _digit_pair(rng: random.Random, held_out: bool) -> dict:
+    while True:
+        a, b = rng.randrange(10), rng.randrange(10)
+        if _is_held_out_pair(a, b) == held_out:
+            return {"a": a, "b": b}
+
+
+def _nested_call(rng: random.Random, held_out: bool) -> dict:
+    depth = rng.randint(1, 3)
+    functions = [rng.choice(CALLABLES) for _ in range(depth)]
+    word = _words(rng, held_out, 1)[0]
+    subscript = rng.random() < 0.5  # end with `word[0` half of the time: brackets differ
+    code = "".join(f"{function}(" for function in functions) + word + ("[0" if subscript else "")
+    return {"code": code}
+
+
+def _closing_brackets(code: str) -> str:
+    """The brackets that close every one still open in `code`, innermost first."""
+    stack = []
+    for character in code:
+        if character in "([{":
+            stack.append({"(": ")", "[": "]", "{": "}"}[character])
+        elif character in ")]}":
+            stack.pop()
+    return "".join(reversed(stack))
+
+
+def _closes_call(values: dict, response: str) -> bool:
+    # The program check: only closing brackets, and the completed code parses as Python.
+    if not response or set(response) - set(")]}"):
+        return False
+    try:
+        ast.parse(values["code"] + response, mode="eval")
+    except SyntaxError:
+        return False
+    return True
+
+
+def _quoted(words: Sequence[str]) -> str:
+    return "[" + ", ".join(repr(word) for word in words) + "]"
+
+
+TASK_FAMILIES: dict[str, TaskFamily] = {
+    family.name: family
+    for family in [
+        TaskFamily(
+            "first_item",
+            (
+                "Return the first item of {items}.",
+                "What is the first element of {items}?",
+                "First item of {items}:",
+                "Give the first entry in {items}.",
+            ),
+            lambda rng, held_out: {"items": _quoted(_words(rng, held_out, 3))},
+            lambda v: ast.literal_eval(v["items"])[0],
+            lambda v, r: r == ast.literal_eval(v["items"])[0],
+        ),
+        TaskFamily(
+            "last_item",
+            (
+                "Return the last item of {items}.",
+                "What is the last element of {items}?",
+                "Last item of {items}:",
+                "Give the last entry in {items}.",
+            ),
+            lambda rng, held_out: {"items": _quoted(_words(rng, held_out, 3))},
+            lambda v: ast.literal_eval(v["items"])[-1],
+            lambda v, r: r == ast.literal_eval(v["items"])[-1],
+        ),
+        TaskFamily(
+            "repeat_word",
+            (
+                "Repeat the word {word} {times} times.",
+                "Say {word} {times} times.",
+                "Write {word} {times} times, separated by spaces.",
+                "Print the word {word} {times} times.",
+            ),
+            lambda rng, held_out: {
+                "word": _words(rng, held_out, 1)[0],
+                "times": NUMBER_WORDS[rng.choice((2, 3))],
+            },
+            lambda v: " ".join([v["word"]] * {"two": 2, "three": 3}[v["times"]]),
+            lambda v, r: r.split(" ") == [v["word"]] * {"two": 2, "three": 3}[v["times"]],
+        ),
+        TaskFamily(
+            "swap_words",
+            (
+                "Swap the two words: {first} {second}",
+                "Reverse the order of: {first} {second}",
+                "Swap these words: {first} {second}",
+                "Put the second word first: {first} {second}",
+            ),
+            lambda rng, held_out: dict(
+                zip(("first", "second"), _words(rng, held_out, 2), strict=True)
+            ),
+            lambda v: f"{v['second']} {v['first']}",
+            lambda v, r: r == f"{v['second']} {v['first']}",
+        ),
+        TaskFamily(
+            "close_call",
+            (
+                "Close the brackets: {code}",
+                "Complete the call: {code}",
+                "Finish this expression: {code}",
+                "Add the missing brackets: {code}",
+            ),
+            _nested_call,
+            lambda v: _closing_brackets(v["code"]),
+            _closes_call,
+        ),
+        TaskFamily(
+            "add_digits",
+            (
+                "What is {a} + {b}?",
+                "Compute {a}+{b}.",
+                "{a} plus {b} equals?",
+                "Add {a} and {b}.",
+            ),
+            _digit_pair,
+            lambda v: str(v["a"] + v["b"]),
+            lambda v, r: r.strip().isdigit() and int(r) == v["a"] + v["b"],
+        ),
+        TaskFamily(
+            "max_of_two",
+            (
+                "Evaluate max({a}, {b})",
+                "What is max({a}, {b})?",
+                "max({a}, {b}) returns?",
+                "Compute the value of max({a}, {b}).",
+            ),
+            _digit_pair,
+            lambda v: str(max(v["a"], v["b"])),
+            lambda v, r: r.strip().isdigit() and int(r) == max(v["a"], v["b"]),
+        ),
+    ]
+}
+
+
+def check_answer(task: dict, response: str) -> bool:
+    """Whether `response` solves the checkable `task` (`{"family": ..., "values": {...}}`).
+
+    Exact match after stripping surrounding whitespace: no partial credit.
+    """
+    family = TASK_FAMILIES.get(task.get("family", ""))
+    if family is None:
+        raise KeyError(
+            f"unknown task family {task.get('family')!r}; known: {sorted(TASK_FAMILIES)}"
+        )
+    return bool(family.verify(task["values"], response.strip()))
+
+
+@dataclass
+class SFTRecord:
+    """One instruction-response pair as stored in the JSONL file.
+
+    `source` is "mined" or a task family's name; `task` holds what `check_answer` needs (None
+    for mined pairs); `origin` says where a mined pair came from.
+    """
+
+    prompt: str
+    response: str
+    split: str  # "train" or "heldout"
+    source: str
+    task: dict | None = None
+    origin: str = ""
+
+
+def generate_checkable_tasks(
+    per_family_train: int = 250, per_family_heldout: int = 20, seed: int = 0
+) -> list[SFTRecord]:
+    """Training pairs from the training templates and values, held-out pairs from the held-out
+    template and held-out values (both held out at once, so accuracy measures generalization).
+
+    Training pairs are distinct prompts (sampling stops early if a family runs out of them).
+    """
+    rng = random.Random(seed)
+    records = []
+    for family in TASK_FAMILIES.values():
+        for split, count in (("train", per_family_train), ("heldout", per_family_heldout)):
+            held_out = split == "heldout"
+            seen: set[str] = set()
+            for _attempt in range(count * 20):
+                if len(seen) == count:
+                    break
+                values = family.sample(rng, held_out)
+                template = (
+                    family.held_out_template if held_out else rng.choice(family.train_templates)
+                )
+                prompt = template.format(**values)
+                if prompt in seen:
+                    continue
+                seen.add(prompt)
+                task = {"family": family.name, "values": values}
+                records.append(SFTRecord(prompt, family.answer(values), split, family.name, task))
+    return records
+
+
+def _fingerprint(text: str) -> tuple[str, ...]:
+    """A function's text with indentation and blank lines ignored, for matching across files."""
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def function_pairs(source: str, origin: str = "", max_response_chars: int = 200) -> list[SFTRecord]:
+    """Instruction-response pairs from the functions in one Python source text.
+
+    The prompt is the signature plus the docstring; the response is the rest of the body.
+    Only functions with a docstring, at least one statement after it, and a body of at most
+    `max_response_chars` characters are kept (a small model cannot write long ones).
+    Returns records without a split; `mine_function_pairs` assigns it.
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []  # not parseable by this Python: nothing to mine
+    lines = source.splitlines()
+    pairs = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        if ast.get_docstring(node) is None or len(node.body) < 2:
+            continue
+        docstring_end = node.body[0].end_lineno  # last line of the docstring
+        function_lines = lines[node.lineno - 1 : node.end_lineno]
+        indent = " " * node.col_offset
+        if not all(line.startswith(indent) or not line.strip() for line in function_lines):
+            continue  # a docstring line left of the `def`: cannot dedent cleanly
+        # Dedent by the `def` line's indentation so that methods read like functions.
+        function_lines = [line[node.col_offset :] for line in function_lines]
+        split_at = docstring_end - node.lineno + 1
+        header, body = "\n".join(function_lines[:split_at]), "\n".join(function_lines[split_at:])
+        if not body.strip() or len(body) > max_response_chars:
+            continue
+        prompt = "Write the body of this function.\n" + header
+        pairs.append(SFTRecord(prompt, body + "\n", "", "mined", None, origin))
+    return pairs
+
+
+def function_fingerprints(source: str) -> set[tuple[str, ...]]:
+    """The fingerprint of every function in `source` (with or without a docstring)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return set()
+    lines = source.splitlines()
+    return {
+        _fingerprint("\n".join(lines[node.lineno - 1 : node.end_lineno]))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+
+
+def _pair_fingerprint(record: SFTRecord) -> tuple[str, ...]:
+    header = record.prompt.split("\n", 1)[1]
+    return _fingerprint(header + "\n" + record.response)
+
+
+def mine_function_pairs(
+    documents_by_split: dict[str, Iterable],
+    max_pairs: dict[str, int] | None = None,
+    max_response_chars: int = 200,
+    train_files_sampled: int = 4,
+) -> tuple[list[SFTRecord], dict[str, int]]:
+    """Mine `function_pairs` from chapter 1's documents, keeping the split clean.
+
+    `documents_by_split` maps "train" and "validation" to iterables of documents with
+    `.origin` and `.text` (chapter 1's `iter_split`); "validation" becomes "heldout".
+    A function whose text (ignoring indentation) occurs in both splits is dropped, so no pair
+    is both trained on and evaluated on; duplicates within a split are kept once. Every
+    validation file is parsed; one training file in `train_files_sampled` (a stable hash of
+    its origin) is parsed for pairs, but every training file is scanned for the held-out
+    functions. Returns the records and counts of what was kept and dropped.
+    """
+    max_pairs = max_pairs or {}
+    counts: Counter = Counter()
+    validation_documents = [d for d in documents_by_split["validation"] if d.origin.endswith(".py")]
+    heldout: dict[tuple[str, ...], SFTRecord] = {}
+    validation_functions: set[tuple[str, ...]] = set()
+    for document in validation_documents:
+        validation_functions |= function_fingerprints(document.text)
+        for record in function_pairs(document.text, document.origin, max_response_chars):
+            heldout.setdefault(_pair_fingerprint(record), record)
+    by_first_line: dict[str, list[tuple[str, ...]]] = {}
+    for fingerprint in heldout:
+        by_first_line.setdefault(fingerprint[0], []).append(fingerprint)
+
+    train: dict[tuple[str, ...], SFTRecord] = {}
+    in_both: set[tuple[str, ...]] = set()
+    for document in documents_by_split["train"]:
+        if not document.origin.endswith(".py"):
+            continue
+        lines = [line.strip() for line in document.text.splitlines() if line.strip()]
+        for number, line in enumerate(lines):
+            for fingerprint in by_first_line.get(line, ()):
+                if tuple(lines[number : number + len(fingerprint)]) == fingerprint:
+                    in_both.add(fingerprint)
+        if zlib.crc32(document.origin.encode()) % train_files_sampled:
+            continue
+        for record in function_pairs(document.text, document.origin, max_response_chars):
+            fingerprint = _pair_fingerprint(record)
+            if fingerprint in validation_functions:
+                in_both.add(fingerprint)
+            else:
+                train.setdefault(fingerprint, record)
+    counts["in both splits (dropped)"] = len(in_both)
+    records = []
+    for name, found in (("train", train), ("heldout", heldout)):
+        kept = [record for key, record in found.items() if key not in in_both]
+        limit = max_pairs.get(name)
+        if limit is not None and len(kept) > limit:
+            kept = random.Random(f"mine-{name}").sample(kept, limit)  # a fixed, spread-out subset
+        for record in kept:
+            record.split = name
+        records.extend(kept)
+        counts[f"kept {name}"] = len(kept)
+    return records, dict(counts)
+
+
+def save_jsonl(records: Iterable[SFTRecord], path: str | Path) -> Path:
+    """Write one JSON object per line, atomically (a crash leaves the old file or none)."""
+    path = Path(path)
+    with atomic_write(path) as file:
+        for record in records:
+            file.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+    return path
+
+
+@dataclass
+class JsonlReport:
+    """What `read_jsonl` skipped: `(line number, reason)` for every malformed line."""
+
+    lines_read: int = 0
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        head = f"{self.lines_read} lines read, {len(self.problems)} malformed"
+        return "\n".join(
+            [head] + [f"  line {number}: {reason}" for number, reason in self.problems]
+        )
+
+
+def read_jsonl(path: str | Path) -> tuple[list[SFTRecord], JsonlReport]:
+    """Read records back; a malformed line is skipped, counted and reported with its number.
+
+    Malformed means: not JSON, not an object, a missing or non-string prompt/response/split,
+    or a split other than "train"/"heldout". Blank lines are ignored.
+    """
+    records, report = [], JsonlReport()
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            report.lines_read += 1
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as error:
+                report.problems.append((number, f"not valid JSON ({error.msg})"))
+                continue
+            if not isinstance(data, dict):
+                report.problems.append((number, f"a JSON {type(data).__name__}, not an object"))
+                continue
+            missing = [
+                key
+                for key in ("prompt", "response", "split", "source")
+                if not isinstance(data.get(key), str)
+            ]
+            if missing:
+                report.problems.append((number, f"missing or non-string field(s) {missing}"))
+                continue
+            if data["split"] not in ("train", "heldout"):
+                report.problems.append((number, f"unknown split {data['split']!r}"))
+                continue
+            known = {key: data[key] for key in SFTRecord.__dataclass_fields__ if key in data}
+            records.append(SFTRecord(**known))
+    return records, report
+
+
+def build_sft_dataset(
+    path: str | Path | None = None,
+    per_family_train: int = 250,
+    per_family_heldout: int = 20,
+    mined_train: int = 300,
+    mined_heldout: int = 60,
+    seed: int = 0,
+    documents_by_split: dict[str, Iterable] | None = None,
+) -> tuple[list[SFTRecord], dict[str, int]]:
+    """The chapter's dataset: checkable tasks plus pairs mined from chapter 1's corpus.
+
+    Writes JSONL to `path` when given. `documents_by_split` defaults to chapter 1's
+    `iter_split("train")` / `iter_split("validation")`. Returns the records and the mining
+    counts.
+    """
+    if documents_by_split is None:
+        from chapters.ch01_data.data_pipeline import iter_split
+
+        documents_by_split = {"train": iter_split("train"), "validation": iter_split("validation")}
+    records = generate_checkable_tasks(per_family_train, per_family_heldout, seed)
+    mined, counts = mine_function_pairs(
+        documents_by_split, {"train": mined_train, "heldout": mined_heldout}
+    )
+    records.extend(mined)
+    if path is not None:
+        save_jsonl(records, path)
+    return records, counts
+
+
+def ensure_sft_dataset() -> Path:
+    """The JSONL file in artifacts_dir("ch08"), built on first use."""
+    path = artifacts_dir("ch08") / "sft_pairs.jsonl"
+    if not path.is_file():
+        build_sft_dataset(path)
+    return path
+
+
+@dataclass
+class EncodedExample:
+    """Token ids of `<|user|>` prompt `<|assistant|>` response `<|endoftext|>`.
+
+    `response_start` indexes the first response token (right after `<|assistant|>`): the
+    boundary is exact because prompt and response are tokenized separately.
+    """
+
+    token_ids: list[int]
+    response_start: int
+    prompt_tokens_dropped: int = 0
+
+
+class ResponseTooLong(ValueError):
+    """The response alone does not fit in the context: we never cut a response."""
+
+
+def encode_example(
+    tokenizer, prompt: str, response: str, max_tokens: int | None = None
+) -> EncodedExample:
+    """Tokenize one pair. If it has more than `max_tokens` tokens, drop prompt tokens from the
+    left (the end of the prompt, next to the answer, matters most) and record how many.
+
+    `tokenizer` is a `tokenizers.Tokenizer` (chapter 2) or anything with the same `encode`.
+    Raises ValueError for an empty response and ResponseTooLong if even an empty prompt would
+    not leave room for the whole response.
+    """
+    if not response.strip():
+        raise ValueError(
+            "empty response: a pair must have a non-blank response to learn from; "
+            "drop the pair or fill in its response"
+        )
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    response_ids = tokenizer.encode(response, add_special_tokens=False).ids
+    dropped = 0
+    if max_tokens is not None:
+        fixed = 3 + len(response_ids)  # <|user|>, <|assistant|>, response, <|endoftext|>
+        if fixed > max_tokens:
+            raise ResponseTooLong(
+                f"the response has {len(response_ids)} tokens; with the 3 template tokens it "
+                f"needs {fixed} > max_tokens={max_tokens}. Use a longer context or drop the pair."
+            )
+        dropped = max(0, len(prompt_ids) + fixed - max_tokens)
+        prompt_ids = prompt_ids[dropped:]
+    token_ids = [USER_ID, *prompt_ids, ASSISTANT_ID, *response_ids, EOT_ID]
+    return EncodedExample(token_ids, len(prompt_ids) + 2, dropped)
+
+
+def response_mask(example: EncodedExample) -> torch.Tensor:
+    """Bool (T,) over `token_ids`: True on the response tokens and the closing `<|endoftext|>`."""
+    mask = torch.zeros(len(example.token_ids), dtype=torch.bool)
+    mask[example.response_start :] = True
+    return mask
+
+
+def make_labels(
+    example: EncodedExample, mask_prompt: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(inputs, labels)`, each (T-1,): labels are the inputs shifted by one, with every
+    position whose target is a prompt token set to IGNORE_INDEX (unless `mask_prompt=False`).
+
+    So the model is trained to predict the response and its end, given the prompt: the first
+    kept label is the first response token, predicted from `<|assistant|>`.
+    """
+    ids = torch.tensor(example.token_ids, dtype=torch.long)
+    inputs, labels = ids[:-1], ids[1:].clone()
+    if mask_prompt:
+        labels[~response_mask(example)[1:]] = IGNORE_INDEX
+    return inputs, labels
+
+
+@dataclass
+class EncodeReport:
+    """What happened to the pairs on their way to token ids (nothing is dropped silently)."""
+
+    encoded: int = 0
+    kept: list[int] = field(default_factory=list)  # record index of each encoded example
+    empty_response: list[int] = field(default_factory=list)  # indices of the skipped pairs
+    response_too_long: list[int] = field(default_factory=list)
+    prompts_truncated: int = 0
+    prompt_tokens_dropped: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.encoded} encoded; skipped {len(self.empty_response)} with an empty response "
+            f"and {len(self.response_too_long)} whose response does not fit; "
+            f"{self.prompts_truncated} prompts truncated from the left "
+            f"({self.prompt_tokens_dropped} tokens dropped)"
+        )
+
+
+def encode_records(
+    records: Sequence[SFTRecord], tokenizer, max_tokens: int
+) -> tuple[list[EncodedExample], EncodeReport]:
+    """Encode every record that can be encoded; report the others by index."""
+    examples, report = [], EncodeReport()
+    for index, record in enumerate(records):
+        try:
+            example = encode_example(tokenizer, record.prompt, record.response, max_tokens)
+        except ResponseTooLong:
+            report.response_too_long.append(index)
+            continue
+        except ValueError:
+            report.empty_response.append(index)
+            continue
+        examples.append(example)
+        report.kept.append(index)
+        report.encoded += 1
+        if example.prompt_tokens_dropped:
+            report.prompts_truncated += 1
+            report.prompt_tokens_dropped += example.prompt_tokens_dropped
+    return examples, report
+
+
+@dataclass
+class Batch:
+    """A training batch: every tensor is (B, T) except the attention mask (B, T, T).
+
+    `attention_mask[b, i, j]` is True when query i may attend to key j (the model combines
+    it with causality); `positions` restart at 0 for every example, so packed examples see
+    the same rotary positions as unpacked ones.
+    """
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+
+
+def collate(
+    examples: Sequence[EncodedExample], mask_prompt: bool = True, pad_to: int | None = None
+) -> Batch:
+    """Right-pad examples to the longest (or to `pad_to`): inputs with `<|pad|>`, labels with
+    IGNORE_INDEX, and an attention mask that hides padding keys.
+
+    With right padding and a causal model, real tokens could never see padding anyway; the
+    mask makes that explicit and keeps the batch correct for any padding side.
+    """
+    pairs = [make_labels(example, mask_prompt) for example in examples]
+    length = max(len(inputs) for inputs, _ in pairs)
+    if pad_to is not None:
+        if pad_to < length:
+            raise ValueError(f"pad_to={pad_to} is shorter than the longest example ({length})")
+        length = pad_to
+    batch_size = len(pairs)
+    inputs = torch.full((batch_size, length), PAD_ID, dtype=torch.long)
+    labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long)
+    is_real = torch.zeros(batch_size, length, dtype=torch.bool)
+    for row, (example_inputs, example_labels) in enumerate(pairs):
+        inputs[row, : len(example_inputs)] = example_inputs
+        labels[row, : len(example_labels)] = example_labels
+        is_real[row, : len(example_inputs)] = True
+    # (B, T) -> (B, T, T): query i may look at key j when j is real; padded queries may look
+    # at real keys too, so that no row of the mask is empty (an empty row would give NaN).
+    attention_mask = is_real[:, None, :].expand(batch_size, length, length).clone()
+    positions = torch.arange(length).expand(batch_size, length).clone()
+    return Batch(inputs, labels, attention_mask, positions)
+
+
+def pack(
+    examples: Sequence[EncodedExample], context_length: int, mask_prompt: bool = True
+) -> Batch:
+    """Pack several examples per row (first-fit, in order) into rows of `context_length`.
+
+    Each example contributes its own `(inputs, labels)`, so no label crosses from one example
+    to the next. The attention mask is block-diagonal (a token sees only earlier tokens of
+    its own example), positions restart at 0 for every example, and the tail of each row is
+    padding with IGNORE_INDEX labels.
+    """
+    rows: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+    free: list[int] = []
+    for example in examples:
+        inputs, labels = make_labels(example, mask_prompt)
+        if len(inputs) > context_length:
+            raise ValueError(
+                f"an example of {len(inputs)} input tokens does not fit in context_length="
+                f"{context_length}; encode with max_tokens=context_length + 1"
+            )
+        for row, space in enumerate(free):
+            if space >= len(inputs):
+                rows[row].append((inputs, labels))
+                free[row] -= len(inputs)
+                break
+        else:
+            rows.append([(inputs, labels)])
+            free.append(context_length - len(inputs))
+    batch_size = len(rows)
+    inputs = torch.full((batch_size, context_length), PAD_ID, dtype=torch.long)
+    labels = torch.full((batch_size, context_length), IGNORE_INDEX, dtype=torch.long)
+    segment = torch.full((batch_size, context_length), -1, dtype=torch.long)  # -1 = padding
+    positions = torch.zeros(batch_size, context_length, dtype=torch.long)
+    for row, parts in enumerate(rows):
+        start = 0
+        for number, (example_inputs, example_labels) in enumerate(parts):
+            end = start + len(example_inputs)
+            inputs[row, start:end] = example_inputs
+            labels[row, start:end] = example_labels
+            segment[row, start:end] = number
+            positions[row, start:end] = torch.arange(len(example_inputs))
+            start = end
+    # (B, T) -> (B, T, T): same segment only. Padding is its own segment, so no row is empty.
+    attention_mask = segment[:, :, None] == segment[:, None, :]
+    return Batch(inputs, labels, attention_mask, positions)
+
+
+@dataclass
+class SFTConfig:
+    """Every knob of a fine-tuning run (the trainer's own settings come from chapter 6)."""
+
+    steps: int = 300
+    batch_size: int = 32  # examples per micro-step
+    accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    context_length: int = 128  # the model's block size; examples are encoded to fit it
+    mask_prompt: bool = True  # False = the "no masking" baseline: loss on every token
+    seed: int = 0
+
+
+def sft_batch_source(
+    examples: Sequence[EncodedExample], config: SFTConfig
+) -> Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]:
+    """`get_batch(step, micro_step) -> (inputs, labels)` for chapter 6's trainer.
+
+    A pure function of (seed, step, micro_step): the examples are shuffled once per epoch with
+    a seed derived from the epoch, and each call takes the next `batch_size` of them, so a
+    resumed run sees exactly the batches it would have seen.
+    """
+    count = len(examples)
+    if count == 0:
+        raise ValueError("no training examples: check the EncodeReport for what was skipped")
+
+    orders: dict[int, list[int]] = {}
+
+    def order_of(epoch: int) -> list[int]:
+        if epoch not in orders:
+            orders[epoch] = random.Random(config.seed * 1_000_003 + epoch).sample(
+                range(count), count
+            )
+        return orders[epoch]
+
+    def get_batch(step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        first = (step * config.accumulation_steps + micro_step) * config.batch_size
+        chosen = []
+        for offset in range(first, first + config.batch_size):
+            epoch, index = divmod(offset, count)
+            chosen.append(examples[order_of(epoch)[index]])
+        batch = collate(chosen, config.mask_prompt)
+        return batch.inputs, batch.labels
+
+    return get_batch
+
+
+@torch.no_grad()
+def mean_response_loss(model, examples: Sequence[EncodedExample], batch_size: int = 64) -> float:
+    """Cross-entropy per response token (nats), averaged over all response tokens of
+    `examples` (token-weighted, so long responses count by their length)."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start : start + batch_size])
+        logits = model(batch.inputs, attention_mask=batch.attention_mask[:, None])
+        total += F.cross_entropy(
+            logits.flatten(0, 1).float(),
+            batch.labels.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        ).item()
+        count += int((batch.labels != IGNORE_INDEX).sum())
+    return total / count
+
+
+@torch.no_grad()
+def greedy_response(model, tokenizer, prompt: str, max_new_tokens: int = 24) -> str:
+    """The model's answer to `prompt`: greedy decoding until `<|endoftext|>` (not included)."""
+    model.eval()
+    prompt_ids = [USER_ID, *tokenizer.encode(prompt, add_special_tokens=False).ids, ASSISTANT_ID]
+    ids = torch.tensor([prompt_ids])
+    new_ids = []
+    for _ in range(max_new_tokens):
+        logits = model(ids[:, -model.config.block_size :])
+        next_id = int(logits[0, -1].argmax())
+        if next_id == EOT_ID:
+            break
+        new_ids.append(next_id)
+        ids = torch.cat([ids, torch.tensor([[next_id]])], dim=1)
+    return tokenizer.decode(new_ids, skip_special_tokens=True)
+
+
+def evaluate_checkable(
+    model, tokenizer, records: Sequence[SFTRecord], max_new_tokens: int = 24
+) -> tuple[float, list[dict]]:
+    """Exact-match accuracy on the checkable records, and one row per record
+    (family, prompt, expected, answer, correct)."""
+    rows = []
+    for record in records:
+        if record.task is None:
+            continue
+        answer = greedy_response(model, tokenizer, record.prompt, max_new_tokens)
+        rows.append(
+            {
+                "family": record.source,
+                "prompt": record.prompt,
+                "expected": record.response,
+                "answer": answer,
+                "correct": check_answer(record.task, answer),
+            }
+        )
+    if not rows:
+        raise ValueError("no checkable records to evaluate (records with a task)")
+    return sum(row["correct"] for row in rows) / len(rows), rows
