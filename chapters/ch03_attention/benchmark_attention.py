@@ -12,9 +12,12 @@ vary from run to run; the memory figures do not.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +26,30 @@ from torch.profiler import ProfilerActivity, profile
 from chapters.ch03_attention.attention import naive_attention
 
 
+@contextlib.contextmanager
+def _native_output_silenced() -> Iterator[None]:
+    """Send the C++ side's stdout/stderr to /dev/null (the profiler logs a line per start/stop)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in (*saved, devnull):
+            os.close(descriptor)
+
+
 def peak_memory_bytes(function: Callable[[], object]) -> int:
     """Peak bytes torch allocated on the CPU while `function()` ran (torch profiler)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+    with (
+        _native_output_silenced(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler,
+    ):
         function()
     changes = []
     for event in profiler.events():
@@ -103,7 +127,9 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     arguments = parser.parse_args()
+    torch.set_num_threads(arguments.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, causal")
     rows = benchmark(
         arguments.lengths,
