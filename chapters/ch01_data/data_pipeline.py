@@ -535,6 +535,7 @@ REMOVAL_ROWS = (
     "malformed",
     "binary",
     "not_utf8",
+    "duplicate_origin",
     "test_folder",
     "vendored",
     *QUALITY_FILTERS,
@@ -577,6 +578,7 @@ def clean_documents(
     limits = limits or QualityThresholds()
     exact = ExactDeduplicator()
     near_index = NearDuplicateIndex(near)
+    origins: set[str] = set()
     report = report if report is not None else {}
     removed = report.setdefault("removed", dict.fromkeys(REMOVAL_ROWS, 0))
     examples = report.setdefault("examples", {})
@@ -602,6 +604,12 @@ def clean_documents(
             continue
         report["bytes_in"] += len(raw.data)
         origin = raw.origin
+        if origin in origins:  # two documents, one name: the split and the shards need unique ones
+            drop("duplicate_origin", origin)
+            if len(errors) < 20:
+                errors.append(f"{origin}: this origin was already seen; the second one is skipped")
+            continue
+        origins.add(origin)
         if (reason := path_filter_reason(origin)) is not None:
             drop(reason, origin)
             continue

@@ -59,8 +59,14 @@ def check_mostly_comments(is_mostly_comments: Callable[[str, QualityThresholds],
     )
     prose = "Assertions are a convenient way to insert debugging checks.\n" * 5
     indented = "\n".join(f"    # step {i}" for i in range(9)) + "\n    run()\n"
+    spaced = "# one\n\n# two\n\n# three\n\n# four\n\n# five\nx = 1\n"
     cases = [
         (license_only, True, "a license header with one line of code"),
+        (
+            spaced,
+            True,
+            "five comments and one line of code, with blank lines between (skip blanks)",
+        ),
         (commented_out, True, "nine commented-out lines and one line of code"),
         (indented, True, "indented comments (strip the line before looking for '#')"),
         (normal_code, False, "ordinary code with a few comments"),
