@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chapters.ch03_attention.attention import (
     CausalSelfAttention,
@@ -355,3 +357,31 @@ def test_kv_cache_rejects_a_different_batch() -> None:
     cache.append(_random(2, 2, 3, 4), _random(2, 2, 3, 4))
     with pytest.raises(ValueError, match="fresh KVCache"):
         cache.append(_random(1, 2, 1, 4), _random(1, 2, 1, 4))
+
+
+# --- many random shapes (hypothesis) ---------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    heads=st.integers(1, 4),
+    queries=st.integers(1, 12),
+    cached=st.integers(0, 6),
+    half_head_dim=st.integers(1, 8),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_naive_attention_matches_sdpa_on_random_shapes(
+    batch: int, heads: int, queries: int, cached: int, half_head_dim: int, seed: int
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    keys = queries + cached
+    head_dim = 2 * half_head_dim
+    q = torch.randn(batch, heads, queries, head_dim, generator=generator)
+    k = torch.randn(batch, heads, keys, head_dim, generator=generator)
+    v = torch.randn(batch, heads, keys, head_dim, generator=generator)
+    positions = torch.arange(cached, keys)
+    q = apply_rotary(q, positions)
+    k = apply_rotary(k, torch.arange(keys))
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(queries, keys))
+    torch.testing.assert_close(naive_attention(q, k, v), expected, atol=TOLERANCE, rtol=0)

@@ -98,12 +98,13 @@ def positions_within_documents(document_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Fail early, naming the shapes, instead of deep inside a matrix product."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             "q, k and v must be 4-D (batch, heads, time, head_dim); got shapes "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
-    if k.shape != v.shape[:-1] + (k.shape[-1],) or k.shape[:3] != v.shape[:3]:
+    if k.shape[:3] != v.shape[:3]:
         raise ValueError(
             f"k {tuple(k.shape)} and v {tuple(v.shape)} must agree on batch, heads and time"
         )
