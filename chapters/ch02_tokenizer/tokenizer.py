@@ -34,20 +34,10 @@ SHARD_DTYPE = np.uint16  # 2 bytes per token: enough for any vocabulary up to 65
 
 
 def corpus_texts(split: str) -> Iterator[str]:
-    """The clean documents of chapter 1's `split`, as strings: the only place this chapter
-    reads the corpus."""
-    try:
-        from chapters.ch01_data.data_pipeline import iter_split
-    except ImportError:  # TEMPORARY stand-in until chapter 1 lands
-        import zlib
+    """The clean documents of chapter 1's `split` ("train" or "validation") as strings: the
+    only place this chapter reads the corpus."""
+    from chapters.ch01_data.data_pipeline import iter_split
 
-        from chapters.corpus_sources import iter_embedded_corpus
-
-        for raw in iter_embedded_corpus():
-            in_validation = zlib.crc32(raw.origin.encode()) % 50 == 0
-            if in_validation == (split == "validation"):
-                yield raw.data.decode("utf-8", errors="replace")
-        return
     for document in iter_split(split):
         yield document.text
 
