@@ -516,7 +516,9 @@ def test_ensure_clean_corpus_builds_several_mb_of_train_text_and_near_dedups_cod
     assert any(origin.startswith("stdlib:encodings/") for origin in kept)
     origins = {document.origin for document in iter_split("train", folder)}
     assert not any(path_filter_reason(origin) for origin in origins)
-    assert ensure_clean_corpus() == folder  # second call: validated, not rebuilt
+    written = (folder / "manifest.json").stat().st_mtime_ns
+    assert ensure_clean_corpus() == folder
+    assert (folder / "manifest.json").stat().st_mtime_ns == written  # validated, not rebuilt
 
 
 def test_ensure_clean_corpus_rebuilds_a_corrupt_corpus():
