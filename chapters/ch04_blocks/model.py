@@ -304,6 +304,10 @@ class LanguageModel(nn.Module):
                 f"{limit}. Crop the input to its last {limit} tokens "
                 f"(token_ids[:, -{limit}:]), or build the model with a larger context_length."
             )
+        if torch.compiler.is_compiling():
+            # Reading min/max back as Python numbers would split a compiled graph in two;
+            # compiled code skips this one check (an eager call reports bad ids clearly).
+            return token_ids.long()
         low, high = int(token_ids.min()), int(token_ids.max())
         if low < 0 or high >= self.config.vocab_size:
             bad = low if low < 0 else high
