@@ -5,8 +5,8 @@
 """The decoder-only language model of the course: norms, feed-forward, block, model, generation.
 
 Read top to bottom: the small building blocks (RMSNorm, SwiGLU), the Pre-LN block that joins
-them with chapter 3's attention, the model, its parameter and FLOP counts, saving and loading,
-and finally generation with a KV cache. Later chapters import from here:
+them with chapter 3's attention, the model, its parameter and FLOP counts, generation with a
+KV cache, and finally saving and loading (safetensors). Later chapters import from here:
 
     from chapters.ch04_blocks.model import LanguageModel, ModelConfig, generate
 """
