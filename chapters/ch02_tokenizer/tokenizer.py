@@ -8,6 +8,8 @@ shards that pre-training reads.
     SPECIAL_TOKENS, EOT_ID, PAD_ID, USER_ID, ASSISTANT_ID, DEFAULT_VOCAB_SIZE
     train_course_tokenizer(texts, vocab_size) -> tokenizers.Tokenizer
     ensure_tokenizer() -> tokenizers.Tokenizer        # artifacts/ch02/tokenizer.json
+    load_tokenizer(path) -> tokenizers.Tokenizer      # clear errors for missing/corrupt files
+    token_bytes(tokenizer) -> dict[int, bytes]        # the exact bytes behind every id
     ensure_token_shards() -> Path                     # train.bin, validation.bin, meta.json
     load_tokens(split) -> np.memmap                   # uint16, read-only
 """
