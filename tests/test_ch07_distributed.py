@@ -269,3 +269,14 @@ def test_bubble_fraction_matches_the_gpipe_formula():
     assert pipeline_bubble_fraction(2, 4) == pytest.approx(0.2)
     assert pipeline_bubble_fraction(1, 4) == 0.0
     assert pipeline_bubble_fraction(8, 57) == pytest.approx(7 / 64)
+
+
+def test_zero3_gathers_weights_again_for_every_microbatch():
+    shape = MODEL_SHAPES["7B"]
+    one = communication_per_step(shape, ParallelLayout(data_parallel=8, zero_stage=3))
+    four = communication_per_step(
+        shape, ParallelLayout(data_parallel=8, zero_stage=3, n_microbatches=4)
+    )
+    plain_four = communication_per_step(shape, ParallelLayout(data_parallel=8, n_microbatches=4))
+    assert four["data_parallel"] == pytest.approx(4 * one["data_parallel"])
+    assert plain_four["data_parallel"] == pytest.approx(one["data_parallel"] / 1.5)

@@ -45,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from chapters.ch03_attention.attention import CausalSelfAttention, apply_rotary
 from chapters.ch04_blocks.model import LanguageModel, ModelConfig
-from chapters.ch06_pretraining.trainer import cross_entropy_loss, random_window_batches
+from chapters.ch06_pretraining.trainer import GetBatch, cross_entropy_loss, random_window_batches
 from chapters.course import REPO_ROOT, atomic_write
 
 CHAPTER_FOLDER = REPO_ROOT / "chapters" / "ch07_distributed"
@@ -226,13 +226,20 @@ def load_training_tokens(run: RunConfig) -> np.ndarray:
     if run.tokens == "ch02":
         from chapters.ch02_tokenizer.tokenizer import load_tokens
 
-        return load_tokens("train")
+        tokens = load_tokens("train")  # builds corpus, tokenizer and shards on first use
+        if int(tokens.max()) >= run.vocab_size:
+            raise ValueError(
+                f"The token shards hold ids up to {int(tokens.max())}, but the model's "
+                f"vocab_size is {run.vocab_size}: pass --vocab-size "
+                f"{int(tokens.max()) + 1} (the tokenizer's vocabulary size)."
+            )
+        return tokens
     if run.tokens != "random":
         raise ValueError(f"tokens must be 'random' or 'ch02', not {run.tokens!r}.")
     return np.random.default_rng(1234).integers(0, run.vocab_size, 200_000).astype(np.uint16)
 
 
-def batch_source(tokens: np.ndarray, run: RunConfig):
+def batch_source(tokens: np.ndarray, run: RunConfig) -> GetBatch:
     """Chapter 6's `get_batch(step, micro_step)`: the same global batch on every rank."""
     return random_window_batches(tokens, run.global_batch_size, run.context_length, run.seed)
 
@@ -309,7 +316,7 @@ def format_memory_table(reports: list[dict[str, int]]) -> str:
 def train_steps(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    get_batch,
+    get_batch: GetBatch,
     steps: int,
     rows: slice = slice(None),
     average_over_ranks: bool = False,
@@ -549,7 +556,7 @@ def sync_tied_gradients(stage: StageModule, tied_group: dist.ProcessGroup | None
 
 def build_pipeline(
     model: LanguageModel, context: DistributedContext, n_microbatches: int, global_batch_size: int
-):
+) -> tuple[StageModule, ScheduleGPipe]:
     """This rank's stage module and a GPipe schedule that feeds it `n_microbatches` micro-batches."""
     if global_batch_size % n_microbatches != 0:
         raise ValueError(
@@ -699,9 +706,11 @@ def ring_all_reduce_bytes(payload_bytes: float, n_ranks: int) -> float:
 def communication_per_step(shape: ModelShape, layout: ParallelLayout) -> dict[str, float]:
     """Bytes each GPU sends per optimizer step, by kind of parallelism.
 
-    Data parallel: one all-reduce of the bf16 gradients (ZeRO 1 and 2 replace it by a
-    reduce-scatter plus an all-gather: the same volume); ZeRO-3 all-gathers the weights again
-    in the backward pass, 1.5x the volume (ZeRO paper, section 7). Tensor parallel: two
+    Data parallel: one all-reduce of the bf16 gradients per step, after accumulating the
+    micro-batches (ZeRO 1 and 2 replace it by a reduce-scatter plus an all-gather: the same
+    volume). ZeRO-3 all-gathers the weights for the forward and again for the backward pass and
+    reduce-scatters the gradients: 1.5x that volume (ZeRO paper, section 7), and for every
+    micro-batch, since no rank keeps the whole weights between micro-batches. Tensor parallel: two
     all-reduces of the (b, s, h) activations per layer forward and two backward (three forward
     with checkpointing, which reruns the forward). Pipeline: one activation forward and one
     gradient backward per micro-batch at each stage boundary.
@@ -709,7 +718,7 @@ def communication_per_step(shape: ModelShape, layout: ParallelLayout) -> dict[st
     local_params = shape.n_params() / (layout.tensor_parallel * layout.pipeline_parallel)
     dp, tp = layout.data_parallel, layout.tensor_parallel
     gradient_sync = ring_all_reduce_bytes(local_params * GRADIENT_BYTES, dp)
-    data = gradient_sync * (1.5 if layout.zero_stage == 3 else 1.0)
+    data = gradient_sync * (1.5 * layout.n_microbatches if layout.zero_stage == 3 else 1.0)
     activation = layout.micro_batch_size * layout.sequence_length * shape.d_model * WEIGHT_BYTES
     all_reduces_per_layer = 6 if layout.activation_checkpointing else 4
     layers_here = layers_per_stage(shape, layout)

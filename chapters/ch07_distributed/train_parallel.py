@@ -70,8 +70,13 @@ def run_data_parallel(strategy: str, run: RunConfig, get_batch, context, argumen
     wrap = wrap_data_parallel if strategy == "ddp" else wrap_fully_sharded
     model = wrap(model, context)
     optimizer = make_optimizer(model, run)
+    started = time.perf_counter()
     losses = train_steps(model, optimizer, get_batch, run.steps, rows=rows, average_over_ranks=True)
-    result = {"losses": losses, "memory": gather_memory_reports(memory_report(model, optimizer))}
+    result = {
+        "losses": losses,
+        "seconds_per_step": (time.perf_counter() - started) / run.steps,
+        "memory": gather_memory_reports(memory_report(model, optimizer)),
+    }
     if strategy == "fsdp" and arguments.checkpoint is not None:
         result["checkpoint"] = check_checkpoint_round_trip(
             model, run, get_batch, context, arguments
@@ -102,9 +107,11 @@ def run_tensor_parallel(run: RunConfig, get_batch, context) -> dict:
     with torch.no_grad():
         logits = model(inputs)  # (B, T, V), identical on every rank
     optimizer = make_optimizer(model, run)
+    started = time.perf_counter()
     losses = train_steps(model, optimizer, get_batch, run.steps)
     return {
         "losses": losses,
+        "seconds_per_step": (time.perf_counter() - started) / run.steps,
         "memory": gather_memory_reports(memory_report(model, optimizer)),
         "logits_sample": logits[0, :4, :4].tolist(),
         "logits_checksum": logits.double().sum().item(),
@@ -120,19 +127,17 @@ def run_pipeline_parallel(run: RunConfig, get_batch, context, n_microbatches: in
     if model.config.tie_embeddings and context.world_size > 1:
         tied_group = dist.new_group([0, context.world_size - 1])  # every rank must call new_group
     optimizer = make_optimizer(stage_module, run)
-    losses, busy_seconds = [], 0.0
+    losses, started = [], time.perf_counter()
     for step in range(run.steps):
         inputs, labels = get_batch(step, 0)
         optimizer.zero_grad(set_to_none=True)
         microbatch_losses: list[torch.Tensor] = []
-        started = time.perf_counter()
         if first:
             schedule.step(inputs)
         elif last:
             schedule.step(target=labels, losses=microbatch_losses)
         else:
             schedule.step()
-        busy_seconds += time.perf_counter() - started
         sync_tied_gradients(stage_module, tied_group)
         optimizer.step()
         loss = torch.stack(microbatch_losses).mean() if last else torch.zeros(())
@@ -140,6 +145,7 @@ def run_pipeline_parallel(run: RunConfig, get_batch, context, n_microbatches: in
         losses.append(loss.item())
     return {
         "losses": losses,
+        "seconds_per_step": (time.perf_counter() - started) / run.steps,
         "memory": gather_memory_reports(memory_report(stage_module, optimizer)),
     }
 
@@ -148,7 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     strategy, run, arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
     context = setup_distributed(script=__file__)
     try:
-        get_batch = batch_source(load_training_tokens(run), run)
+        # rank 0 first: if the token shards must be built, only one process builds them
+        if not context.is_main:
+            dist.barrier()
+        tokens = load_training_tokens(run)
+        if context.is_main:
+            dist.barrier()
+        get_batch = batch_source(tokens, run)
         if strategy in ("ddp", "fsdp"):
             result = run_data_parallel(strategy, run, get_batch, context, arguments)
         elif strategy == "tp":
