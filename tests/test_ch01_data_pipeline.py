@@ -301,6 +301,14 @@ def test_datasketch_minhash_is_a_datasketch_object_with_num_perm_values():
     assert isinstance(sketch, MinHash) and len(sketch) == 64
 
 
+def test_datasketch_minhash_in_chunks_equals_one_batch():
+    shingles = [f"shingle {i}" for i in range(1_000)]
+    whole = MinHash(num_perm=64, seed=3)
+    whole.update_batch([s.encode("utf-8") for s in shingles])
+    chunked = datasketch_minhash(shingles, num_perm=64, seed=3, chunk=77)
+    assert np.array_equal(chunked.hashvalues, whole.hashvalues)
+
+
 def test_signatures_of_different_sizes_cannot_be_compared():
     with pytest.raises(CorpusError, match="num_perm"):
         estimate_jaccard(minhash_signature({"a"}, 16), minhash_signature({"a"}, 32))

@@ -348,10 +348,23 @@ def estimate_jaccard(signature_a: np.ndarray, signature_b: np.ndarray) -> float:
     return float(np.mean(signature_a == signature_b))
 
 
-def datasketch_minhash(shingles: Iterable[str], num_perm: int = 128, seed: int = 1) -> MinHash:
-    """The same idea as `minhash_signature`, computed by the datasketch library."""
+def datasketch_minhash(
+    shingles: Iterable[str], num_perm: int = 128, seed: int = 1, chunk: int = 4096
+) -> MinHash:
+    """The same idea as `minhash_signature`, computed by the datasketch library.
+
+    Shingles go in `chunk` at a time: datasketch builds a (num_perm, batch) array per batch,
+    which for the largest stdlib file in one batch would be about 30 MB.
+    """
     sketch = MinHash(num_perm=num_perm, seed=seed)
-    sketch.update_batch([s.encode("utf-8") for s in shingles])
+    batch = []
+    for shingle in shingles:
+        batch.append(shingle.encode("utf-8"))
+        if len(batch) == chunk:
+            sketch.update_batch(batch)
+            batch = []
+    if batch:
+        sketch.update_batch(batch)
     return sketch
 
 
