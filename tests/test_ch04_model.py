@@ -235,3 +235,22 @@ def test_int32_token_ids_are_accepted():
     model = LanguageModel(TINY).eval()
     tokens = torch.randint(0, TINY.vocab_size, (1, 6))
     torch.testing.assert_close(model(tokens.int()), model(tokens))
+
+
+def test_packed_documents_with_mask_and_positions_match_separate_runs():
+    from chapters.ch03_attention.attention import packed_sequence_mask, positions_within_documents
+
+    torch.manual_seed(fresh_seed())
+    model = LanguageModel(TINY).eval()
+    first = torch.randint(0, TINY.vocab_size, (1, 9))
+    second = torch.randint(0, TINY.vocab_size, (1, 7))
+    packed = torch.cat([first, second], dim=1)  # (1, 16)
+    document_ids = torch.tensor([[0] * 9 + [1] * 7])
+    with torch.no_grad():
+        together = model(
+            packed,
+            positions=positions_within_documents(document_ids),
+            attention_mask=packed_sequence_mask(document_ids),
+        )
+        separate = torch.cat([model(first), model(second)], dim=1)
+    torch.testing.assert_close(together, separate, atol=1e-5, rtol=1e-5)
