@@ -87,3 +87,21 @@ def test_pt_file_with_pickled_code_is_refused(tmp_path):
     torch.save({"not": dataclasses.replace}, tmp_path / "model.pt")  # a function: not weights
     with pytest.raises(ValueError, match="model.pt"):
         LanguageModel.from_pretrained(tmp_path)
+
+
+def test_a_failed_save_leaves_the_old_checkpoint_and_no_temporary_files(tmp_path, monkeypatch):
+    import chapters.ch04_blocks.model as model_module
+
+    old = LanguageModel(TINY).eval()
+    old.save_pretrained(tmp_path)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model_module, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        LanguageModel(TINY).save_pretrained(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    tokens = torch.randint(0, TINY.vocab_size, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(LanguageModel.from_pretrained(tmp_path)(tokens), old(tokens))
