@@ -14,6 +14,13 @@ row uses the course's training split (chapter 1), which is mostly code.
 Both wall-clock and CPU seconds are printed. Ratios and goals use CPU seconds: every trainer
 here runs on one core, so CPU time is what the wall clock would show on an idle machine, while
 on a shared machine the wall clock is inflated by waiting for a core.
+
+Measured when this chapter was written (CPU seconds, Python 3.11, tokenizers 0.23.3, one core):
+130 KB English, vocab 500: 0.09 s (goal met); 1 MB English, 256 merges: efficient 0.52 s,
+naive 116 s (225x, goal met); vocab 4096 vs tokenizers: 2.4x slower at 1 MB English, 1.7x at
+10 MB of the course corpus (goal met); from-scratch encoder 5.0 MB/s with an empty pre-token
+cache, 9.1 MB/s with a warm one; the library's single-threaded `encode` of one 2 MB string
+ran at 1.4 MB/s (it spreads `encode_batch` over all cores when building the shards).
 """
 
 from __future__ import annotations
