@@ -26,10 +26,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: data-only chapters never pay for it
+    import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_FOLDERS = ("chapters", "appendix", "supplementary")
@@ -42,6 +42,8 @@ NOTEBOOK_FOLDERS = ("chapters", "appendix", "supplementary")
 
 def pick_device() -> torch.device:
     """The fastest device available: cuda > mps > cpu, unless LLM_COURSE_DEVICE says otherwise."""
+    import torch
+
     forced = os.environ.get("LLM_COURSE_DEVICE")
     if forced:
         device = torch.device(forced)
@@ -69,6 +71,9 @@ def seed_everything(seed: int) -> torch.Generator:
     Handing the returned generator to the code that samples keeps a cell reproducible even
     when another cell draws random numbers in between.
     """
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
