@@ -320,16 +320,19 @@ def train_steps(
     steps: int,
     rows: slice = slice(None),
     average_over_ranks: bool = False,
+    device: torch.device | str = "cpu",
 ) -> list[float]:
     """Train for `steps` steps on rows `rows` of each global batch; return the loss per step.
 
     With `average_over_ranks` the reported loss is the mean over the data-parallel ranks,
-    i.e. the loss of the whole global batch (each rank only saw its own rows).
+    i.e. the loss of the whole global batch (each rank only saw its own rows). `device` is
+    where the model lives (the rank's GPU under NCCL).
     """
     losses = []
     for step in range(steps):
         inputs, labels = get_batch(step, 0)  # (B, T) each, the whole global batch
-        loss = language_model_loss(model(inputs[rows]), labels[rows])
+        inputs, labels = inputs[rows].to(device), labels[rows].to(device)
+        loss = language_model_loss(model(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -71,7 +71,15 @@ def run_data_parallel(strategy: str, run: RunConfig, get_batch, context, argumen
     model = wrap(model, context)
     optimizer = make_optimizer(model, run)
     started = time.perf_counter()
-    losses = train_steps(model, optimizer, get_batch, run.steps, rows=rows, average_over_ranks=True)
+    losses = train_steps(
+        model,
+        optimizer,
+        get_batch,
+        run.steps,
+        rows=rows,
+        average_over_ranks=True,
+        device=context.device,
+    )
     result = {
         "losses": losses,
         "seconds_per_step": (time.perf_counter() - started) / run.steps,
@@ -92,11 +100,12 @@ def check_checkpoint_round_trip(model, run: RunConfig, get_batch, context, argum
     )
     inputs, labels = get_batch(run.steps, 0)  # a batch neither model trained on
     rows = shard_rows(run.global_batch_size, context.rank, context.world_size)
+    inputs, labels = inputs[rows].to(context.device), labels[rows].to(context.device)
     with torch.no_grad():
-        before = language_model_loss(fresh(inputs[rows]), labels[rows]).item()
+        before = language_model_loss(fresh(inputs), labels).item()
         load_sharded_checkpoint(fresh, arguments.checkpoint)
-        loaded = language_model_loss(fresh(inputs[rows]), labels[rows]).item()
-        trained = language_model_loss(model(inputs[rows]), labels[rows]).item()
+        loaded = language_model_loss(fresh(inputs), labels).item()
+        trained = language_model_loss(model(inputs), labels).item()
     return {"loss_trained": trained, "loss_fresh_before_load": before, "loss_after_load": loaded}
 
 
@@ -105,10 +114,10 @@ def run_tensor_parallel(run: RunConfig, get_batch, context) -> dict:
     model = apply_tensor_parallel(build_model(run), context)
     inputs, _ = get_batch(0, 0)
     with torch.no_grad():
-        logits = model(inputs)  # (B, T, V), identical on every rank
+        logits = model(inputs.to(context.device)).cpu()  # (B, T, V), identical on every rank
     optimizer = make_optimizer(model, run)
     started = time.perf_counter()
-    losses = train_steps(model, optimizer, get_batch, run.steps)
+    losses = train_steps(model, optimizer, get_batch, run.steps, device=context.device)
     return {
         "losses": losses,
         "seconds_per_step": (time.perf_counter() - started) / run.steps,
@@ -130,6 +139,7 @@ def run_pipeline_parallel(run: RunConfig, get_batch, context, n_microbatches: in
     losses, started = [], time.perf_counter()
     for step in range(run.steps):
         inputs, labels = get_batch(step, 0)
+        inputs, labels = inputs.to(context.device), labels.to(context.device)
         optimizer.zero_grad(set_to_none=True)
         microbatch_losses: list[torch.Tensor] = []
         if first:
@@ -141,6 +151,7 @@ def run_pipeline_parallel(run: RunConfig, get_batch, context, n_microbatches: in
         sync_tied_gradients(stage_module, tied_group)
         optimizer.step()
         loss = torch.stack(microbatch_losses).mean() if last else torch.zeros(())
+        loss = loss.detach().to(context.device)
         dist.broadcast(loss, src=context.world_size - 1)  # rank 0 prints what the last stage saw
         losses.append(loss.item())
     return {
