@@ -14,8 +14,6 @@ ignore, will do. Because that function is a pure function of the step, a run res
 checkpoint sees exactly the batches that an uninterrupted run would have seen.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import math
@@ -32,8 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, load_model, save_file, save_model
+from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
+from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer, load_tokenizer, load_tokens
+from chapters.ch04_blocks.model import LanguageModel, ModelConfig, generate
 from chapters.course import artifacts_dir, atomic_write, pick_device
 
 IGNORE_INDEX = -100  # the label value that the loss skips (padding, prompts in chapter 8)
@@ -111,7 +112,7 @@ class TrainingConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> TrainingConfig:
+    def from_dict(cls, values: dict) -> "TrainingConfig":
         known = {item.name for item in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -150,17 +151,10 @@ def open_token_shard(path: str | Path) -> np.memmap:
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 
-def open_tokenizer(path: str | Path):
-    """Load a `tokenizers` tokenizer.json, with a clear error if it is missing."""
-    from tokenizers import Tokenizer
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Tokenizer file {path} does not exist. Build it with "
-            "`from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer; ensure_tokenizer()`."
-        )
-    return Tokenizer.from_file(str(path))
+def open_tokenizer(path: str | Path) -> Tokenizer:
+    """A tokenizer.json from disk; a missing or damaged file raises an error that says how to
+    rebuild it (chapter 2's `load_tokenizer` does the checking)."""
+    return load_tokenizer(path)
 
 
 def _check_fits(tokens: np.ndarray, batch_size: int, context_length: int, what: str) -> None:
@@ -521,7 +515,7 @@ class TrainingHistory:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> TrainingHistory:
+    def from_dict(cls, values: dict) -> "TrainingHistory":
         return cls(**values)
 
 
@@ -797,10 +791,8 @@ class Trainer:
 SAMPLE_PROMPTS = ("def ", "import os\n", "class ", "The ")
 
 
-def default_model_config():
+def default_model_config() -> ModelConfig:
     """The course's base model: 4 layers, width 128, context 128, vocabulary 4096 (tied)."""
-    from chapters.ch04_blocks.model import ModelConfig
-
     return ModelConfig(vocab_size=4096, context_length=128, d_model=128, n_layers=4, n_heads=4)
 
 
@@ -819,8 +811,6 @@ def prompt_sampler(
 ) -> Callable[[torch.nn.Module], list[str]]:
     """A sampler for Trainer: continues each fixed prompt with the same random seed each time,
     so that samples at different steps differ only because the model changed."""
-    from chapters.ch04_blocks.model import generate
-
     prompts = list(prompts)
 
     def sample(model: torch.nn.Module) -> list[str]:
@@ -844,17 +834,14 @@ def prompt_sampler(
 
 
 def train_base_model(
-    model_config=None,
+    model_config: ModelConfig | None = None,
     config: TrainingConfig | None = None,
     *,
     peak_flops: float | None = None,
     checkpoint_dir: str | Path | None = None,
     show_progress: bool = True,
-):
+) -> tuple[LanguageModel, TrainingHistory]:
     """Train the course's base model on chapter 2's token shards; return (model, history)."""
-    from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer, load_tokens
-    from chapters.ch04_blocks.model import LanguageModel
-
     model_config = model_config or default_model_config()
     config = config or default_training_config()
     tokenizer = ensure_tokenizer()
@@ -877,7 +864,7 @@ def train_base_model(
     return trainer.model, history
 
 
-def save_base_model(model: torch.nn.Module, history: TrainingHistory | None = None) -> Path:
+def save_base_model(model: LanguageModel, history: TrainingHistory | None = None) -> Path:
     """Save the base model (and its training history) to artifacts_dir("ch06")/"base",
     building it in a temporary folder that is renamed into place when complete."""
     parent = artifacts_dir("ch06")
@@ -896,12 +883,10 @@ def save_base_model(model: torch.nn.Module, history: TrainingHistory | None = No
     return target
 
 
-def ensure_base_model():
+def ensure_base_model() -> LanguageModel:
     """The course's pre-trained base model: loaded from artifacts_dir("ch06")/"base" if it is
     there, otherwise trained with the default configs (about 3 minutes on 2 CPU cores) and
     saved there first."""
-    from chapters.ch04_blocks.model import LanguageModel
-
     folder = artifacts_dir("ch06") / "base"
     if not (folder / "model.safetensors").is_file():
         print("No base model in the artifacts yet: training it (about 3 minutes on 2 CPU cores).")
