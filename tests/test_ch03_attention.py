@@ -281,6 +281,14 @@ def test_dropout_is_off_in_eval_mode() -> None:
         assert torch.equal(layer(x), layer(x))
 
 
+def test_dropout_is_active_in_training_mode() -> None:
+    # the counterpart of the test above: without it, a layer that ignored `dropout` would pass
+    layer = CausalSelfAttention(32, 4, dropout=0.5).train()
+    x = _random(1, 8, 32)
+    with torch.no_grad():
+        assert not torch.equal(layer(x), layer(x))
+
+
 def test_kv_cache_counts_positions_and_concatenates() -> None:
     cache = KVCache()
     assert cache.length == 0
