@@ -371,3 +371,18 @@ def test_training_config_round_trips_through_a_dict():
     assert TrainingConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="Unknown TrainingConfig fields"):
         TrainingConfig.from_dict({**config.to_dict(), "lr": 1.0})
+
+
+def test_bf16_autocast_trains_with_finite_loss_on_cpu(tokens):
+    history = make_trainer(tokens, tiny_config(steps=3, precision="bf16")).fit()
+    assert history.stopped_reason is None
+    assert all(math.isfinite(loss) for loss in history.step_losses)
+
+
+def test_history_logs_the_monitored_quantities(tokens):
+    history = make_trainer(tokens, tiny_config(steps=6, log_interval=3), peak_flops=1e12).fit()
+    record = history.records[-1]
+    for key in ("train_loss", "train_perplexity", "grad_norm", "update_to_weight", "lr"):
+        assert math.isfinite(record[key])
+    assert record["tokens_per_second"] > 0 and record["mfu"] > 0
+    assert record["train_perplexity"] == pytest.approx(math.exp(record["train_loss"]))
