@@ -1,0 +1,319 @@
+"""Chapter 10: the evaluation suite's scoring, estimators, contamination check and errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from itertools import combinations
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from chapters.ch01_data.data_pipeline import CleanDocument
+from chapters.ch04_blocks.model import LanguageModel, ModelConfig
+from chapters.ch10_evaluation.evaluation import (
+    CHECKPOINTS,
+    Checkpoint,
+    EvaluationError,
+    HeldOutScore,
+    MultipleChoiceItem,
+    Report,
+    available_checkpoints,
+    bits_per_byte,
+    bootstrap_interval,
+    check_tokenizer_matches,
+    choose,
+    contaminated_items,
+    contamination,
+    continuation_logprobs,
+    document_nll,
+    function_body,
+    is_valid_python,
+    load_checkpoint_folder,
+    load_items,
+    next_line_items,
+    paired_difference,
+    pass_at_k,
+    save_items,
+    score_multiple_choice,
+    write_report,
+)
+
+
+class TableModel(torch.nn.Module):
+    """A "model" whose logits at each position are a hand-set row chosen by the current
+    token: logits[b, t] = table[token_ids[b, t]] (a bigram model with known numbers)."""
+
+    def __init__(self, table: torch.Tensor, context_length: int = 16) -> None:
+        super().__init__()
+        self.table = table
+        self.config = SimpleNamespace(context_length=context_length, vocab_size=table.shape[0])
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.table[token_ids]
+
+
+def test_continuation_score_is_the_sum_of_hand_computed_log_probabilities():
+    torch.manual_seed(0)
+    table = torch.randn(6, 6)
+    log_probs = F.log_softmax(table, dim=-1)  # log p(next | current), the library's softmax
+    model = TableModel(table)
+    context, continuations = [0, 3, 2], [[4], [1, 5, 2], [5, 5]]
+    scores = continuation_logprobs(model, context, continuations)
+    for continuation, score in zip(continuations, scores, strict=True):
+        previous = [context[-1], *continuation[:-1]]
+        expected = sum(float(log_probs[p, n]) for p, n in zip(previous, continuation, strict=True))
+        assert math.isclose(score, expected, rel_tol=1e-5)
+
+
+def test_context_is_cut_from_the_left_when_it_does_not_fit_the_window():
+    table = torch.randn(5, 5)
+    model = TableModel(table, context_length=4)
+    long_context = [1, 2, 3, 4, 0, 1, 2, 3, 4, 0]
+    # A bigram model only looks at the previous token, so cutting the context changes nothing.
+    assert continuation_logprobs(model, long_context, [[3, 1]]) == pytest.approx(
+        continuation_logprobs(model, long_context[-2:], [[3, 1]])
+    )
+
+
+class FakeTokenizer:
+    """One id per character (ids 1 to 5 for "abcde"), enough to drive the scorer."""
+
+    def encode(self, text, add_special_tokens=False):
+        return SimpleNamespace(ids=["abcde".index(character) + 1 for character in text])
+
+
+def test_multiple_choice_picks_the_choice_the_hand_set_logits_favour():
+    table = torch.full((6, 6), -5.0)
+    table[1, 2] = 5.0  # after "a" the model strongly expects "b"
+    table[2, 3] = 5.0  # after "b", "c"
+    model = TableModel(table)
+    items = [MultipleChoiceItem("q", "t", "a", ["c", "bc", "e"], answer=1)]
+    row = score_multiple_choice(model, FakeTokenizer(), items)[0]
+    log_probs = F.log_softmax(table, dim=-1)
+    expected_bc = float(log_probs[1, 2] + log_probs[2, 3])  # "b" after "a", then "c" after "b"
+    assert row["loglikelihoods"][1] == pytest.approx(expected_bc, rel=1e-5)
+    assert row["correct_raw"] and row["correct_norm"]  # "bc" wins either way
+
+
+def test_length_normalisation_can_reverse_the_raw_choice():
+    loglikelihoods, byte_lengths = [-10.0, -3.0], [20, 2]
+    assert choose(loglikelihoods, byte_lengths, normalised=False) == 1
+    assert choose(loglikelihoods, byte_lengths, normalised=True) == 0
+
+
+@pytest.mark.parametrize("n", [1, 5, 10, 20])
+def test_pass_at_k_matches_the_exact_combinatorial_formula(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            exact = 1.0 - math.comb(n - c, k) / math.comb(n, k)
+            assert pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
+
+
+def test_pass_at_k_equals_the_average_over_every_subset_of_k_samples():
+    rng = random.Random(0)
+    for _ in range(20):
+        n = rng.randint(1, 9)
+        samples = [rng.random() < 0.4 for _ in range(n)]
+        k = rng.randint(1, n)
+        subsets = list(combinations(samples, k))
+        assert pass_at_k(n, sum(samples), k) == pytest.approx(
+            sum(any(s) for s in subsets) / len(subsets)
+        )
+
+
+def test_pass_at_k_rejects_impossible_counts():
+    with pytest.raises(EvaluationError, match="n=3, c=4"):
+        pass_at_k(3, 4, 1)
+
+
+def test_bits_per_byte_of_one_bit_per_byte_is_one():
+    assert bits_per_byte(1000 * math.log(2), 1000) == pytest.approx(1.0)
+    assert bits_per_byte(8 * math.log(2) * 10, 10) == pytest.approx(8.0)
+
+
+def test_bits_per_byte_is_log2_perplexity_over_bytes_per_token():
+    score = HeldOutScore(nll=1234.5, tokens=400, bytes=1500)
+    assert score.bits_per_byte == pytest.approx(math.log2(score.perplexity) / (1500 / 400))
+
+
+def test_bits_per_byte_needs_bytes():
+    with pytest.raises(EvaluationError, match="total_bytes"):
+        bits_per_byte(1.0, 0)
+
+
+def test_document_nll_equals_torch_cross_entropy_over_the_whole_document():
+    torch.manual_seed(0)
+    model = LanguageModel(
+        ModelConfig(vocab_size=50, context_length=8, d_model=16, n_layers=1, n_heads=2)
+    )
+    model.eval()
+    ids = torch.randint(0, 50, (21,)).tolist()
+    expected = 0.0
+    for start in range(0, 20, 8):  # windows of 8 predictions overlapping by one token
+        window = torch.tensor(ids[start : start + 9])
+        with torch.no_grad():
+            logits = model(window[None, :-1])[0]
+        expected += float(F.cross_entropy(logits, window[1:], reduction="sum"))
+    assert document_nll(model, ids) == pytest.approx(expected, rel=1e-5)
+
+
+TRAINING = [
+    CleanDocument(
+        "stdlib:a.py",
+        "import os\n\ndef walk(top):\n    for root, dirs, files in os.walk(top):\n        yield root\n",
+    ),
+    CleanDocument("stdlib:b.py", "class Thing:\n    pass\n"),
+]
+
+
+def test_contamination_finds_a_planted_item_and_only_it():
+    planted = "the quick brown fox jumps over the lazy dog near the river bank today"
+    items = {
+        "planted": planted,
+        "clean": "completely different words that never appear in any file here",
+    }
+    training = [*TRAINING, CleanDocument("stdlib:c.py", f"# {planted.upper()}\nx = 1\n")]
+    overlap = contamination(items, training, n=8)
+    assert overlap["planted"] == 1.0
+    assert overlap["clean"] == 0.0
+    assert contaminated_items(overlap) == ["planted"]
+
+
+def test_contamination_counts_a_partial_overlap_as_a_fraction():
+    item = "one two three four five six seven eight nine ten"  # three 8-grams
+    training = [CleanDocument("t", "one two three four five six seven eight")]
+    assert contamination({"i": item}, training, n=8)["i"] == pytest.approx(1 / 3)
+
+
+def test_bootstrap_interval_contains_the_mean_and_narrows_with_more_items():
+    rng = np.random.default_rng(1)
+    small = rng.random(50) < 0.6
+    large = rng.random(2000) < 0.6
+    mean, low, high = bootstrap_interval(small)
+    assert low <= mean <= high
+    _, big_low, big_high = bootstrap_interval(large)
+    assert big_high - big_low < high - low
+
+
+def test_paired_difference_flags_a_clear_difference_and_not_identical_models():
+    rng = np.random.default_rng(2)
+    a = (rng.random(300) < 0.8).astype(float)
+    b = (rng.random(300) < 0.3).astype(float)
+    assert paired_difference(a, b)[3]
+    assert not paired_difference(a, a)[3]
+
+
+def test_items_round_trip_through_jsonl(tmp_path):
+    documents = [
+        CleanDocument(
+            f"stdlib:m{i}.py", "\n".join(f"value_{i}_{j} = compute({j}, {i})" for j in range(30))
+        )
+        for i in range(5)
+    ]
+    items = next_line_items(documents, n_items=10)
+    assert len(items) == 10
+    assert load_items(save_items(items, tmp_path / "items.jsonl")) == items
+
+
+def write_lines(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+GOOD = {"id": "good-1", "task": "t", "context": "x =", "choices": [" 1", " 2"], "answer": 0}
+
+
+def test_malformed_json_line_names_the_file_and_line(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", [GOOD, '{"id": "broken", '])
+    with pytest.raises(EvaluationError, match=r"bad\.jsonl, line 2: not valid JSON"):
+        load_items(path)
+
+
+def test_item_missing_a_field_is_named(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", [{k: v for k, v in GOOD.items() if k != "choices"}])
+    with pytest.raises(EvaluationError, match=r"item 'good-1' is missing choices"):
+        load_items(path)
+
+
+def test_answer_index_out_of_range_names_the_item(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", [GOOD, {**GOOD, "id": "q7", "answer": 2}])
+    with pytest.raises(EvaluationError, match=r"line 2: item 'q7': answer index 2 is out of range"):
+        load_items(path)
+
+
+def test_duplicate_item_ids_are_rejected(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", [GOOD, GOOD])
+    with pytest.raises(EvaluationError, match="appears twice"):
+        load_items(path)
+
+
+class VocabTokenizer:
+    def __init__(self, size):
+        self.size = size
+
+    def get_vocab_size(self):
+        return self.size
+
+
+def test_checkpoint_with_a_different_tokenizer_names_its_config(tmp_path):
+    model = LanguageModel(
+        ModelConfig(vocab_size=64, context_length=8, d_model=16, n_layers=1, n_heads=2)
+    )
+    model.save_pretrained(tmp_path / "other")
+    with pytest.raises(EvaluationError, match=r"other/config\.json.*64 ids.*100"):
+        load_checkpoint_folder(tmp_path / "other", VocabTokenizer(100))
+
+
+def test_checkpoint_with_its_own_different_tokenizer_file_is_named(tmp_path):
+    model = LanguageModel(
+        ModelConfig(vocab_size=64, context_length=8, d_model=16, n_layers=1, n_heads=2)
+    )
+    model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "tokenizer.json").write_text('{"a": 1}')
+    (tmp_path / "suite_tokenizer.json").write_text('{"b": 2}')
+    with pytest.raises(EvaluationError, match=r"ckpt/tokenizer\.json differs"):
+        load_checkpoint_folder(
+            tmp_path / "ckpt", VocabTokenizer(64), tmp_path / "suite_tokenizer.json"
+        )
+
+
+def test_matching_vocabulary_passes_the_tokenizer_check():
+    model = SimpleNamespace(config=SimpleNamespace(vocab_size=64))
+    check_tokenizer_matches(model, VocabTokenizer(64), "here")
+
+
+def test_a_checkpoint_whose_chapter_is_missing_is_listed_not_raised():
+    ghost = Checkpoint("ghost", "chapters.ch99_nothing.nothing", "ensure_ghost_model")
+    present, missing = available_checkpoints([CHECKPOINTS[0], ghost])
+    assert [c.name for c in present] == ["base"]
+    assert [(c.name, reason) for c, reason in missing] == [
+        ("ghost", "chapters.ch99_nothing.nothing does not exist yet")
+    ]
+
+
+def test_syntax_check_accepts_python_and_rejects_broken_code():
+    assert is_valid_python("def f(x):\n    return x + 1\n")
+    assert not is_valid_python("def f(x):\n    return (x + \n")
+
+
+def test_function_body_stops_at_the_first_unindented_line_and_drops_a_cut_line():
+    generated = "    x = 1\n    return x\n\ndef other():\n    pass\n    y = (1 +"
+    assert function_body(generated) == "    x = 1\n    return x\n"
+    assert function_body("    return (1 +") == ""  # no complete line
+
+
+def test_report_is_written_with_table_and_figures(tmp_path):
+    results = {"base": {"task": [1.0, 0.0, 1.0, 1.0]}, "sft": {"task": [1.0, 1.0, 1.0, 1.0]}}
+    held_out = {"base": HeldOutScore(100.0, 50, 200), "sft": HeldOutScore(120.0, 50, 200)}
+    path = write_report(Report(held_out, results, ["a note"]), tmp_path)
+    text = path.read_text()
+    assert "| task | base | 4 | 0.750 |" in text
+    assert "sft - base" in text
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+    assert json.loads((tmp_path / "results.json").read_text())["notes"] == ["a note"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
