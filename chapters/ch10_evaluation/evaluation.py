@@ -694,6 +694,7 @@ class Report:
     held_out: dict[str, HeldOutScore]
     results: dict[str, dict[str, list[float]]]
     notes: list[str] = field(default_factory=list)
+    chance: float | None = None  # drawn as a line: the multiple-choice chance level
 
 
 def write_report(report: Report, folder: str | Path) -> Path:
@@ -716,6 +717,8 @@ def write_report(report: Report, folder: str | Path) -> Path:
         x = np.arange(len(metrics)) + m * width
         errors = [[r["mean"] - r["low"] for r in mine], [r["high"] - r["mean"] for r in mine]]
         axis.bar(x, [r["mean"] for r in mine], width, yerr=errors, capsize=3, label=name)
+    if report.chance is not None:
+        axis.axhline(report.chance, color="gray", linestyle="--", label="multiple-choice chance")
     axis.set_xticks(
         np.arange(len(metrics)) + width * (len(models) - 1) / 2, metrics, rotation=30, ha="right"
     )
