@@ -9,6 +9,9 @@ validation loss of about 1.88 after about 3 minutes. This script trains the cour
 (RMSNorm, rotary positions, SwiGLU, tied embeddings) with the course's Trainer on the same
 data and the same number of tokens, and prints tokens/s, wall time and the final validation
 loss (a full sequential pass over the validation 10%). Goal: at or below 1.80.
+
+On a machine shared with other jobs, set OMP_NUM_THREADS=1: two threads per process on an
+oversubscribed CPU spend most of their time waiting for each other.
 """
 
 import argparse

@@ -6,6 +6,9 @@ Both train the course's default model on the same batches. The bare loop is forw
 cross-entropy, backward, plain AdamW step: no clipping, schedule, logging, divergence checks or
 progress bar. Rounds alternate between the two so that a machine shared with other work slows
 both alike; the best round of each is compared. The goal: overhead under 5%.
+
+On a machine shared with other jobs, set OMP_NUM_THREADS=1: two threads per process on an
+oversubscribed CPU spend most of their time waiting for each other.
 """
 
 import argparse
