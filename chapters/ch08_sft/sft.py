@@ -16,26 +16,32 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import random
+import shutil
+import tempfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from chapters.ch02_tokenizer.tokenizer import (
+    ASSISTANT_ID,
+    EOT_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    USER_ID,
+)
+from chapters.ch03_attention.attention import packed_sequence_mask, positions_within_documents
+from chapters.ch06_pretraining.trainer import Trainer, TrainingConfig, TrainingHistory, evaluate
 from chapters.course import artifacts_dir, atomic_write
 
 IGNORE_INDEX = -100  # the label value torch's cross_entropy skips (chapter 6 uses the same)
-EOT_TOKEN, PAD_TOKEN, USER_TOKEN, ASSISTANT_TOKEN = (
-    "<|endoftext|>",
-    "<|pad|>",
-    "<|user|>",
-    "<|assistant|>",
-)
-EOT_ID, PAD_ID, USER_ID, ASSISTANT_ID = 0, 1, 2, 3
+# Chapter 2 fixed the special tokens and their ids; the chat template is built from them.
+EOT_TOKEN, PAD_TOKEN, USER_TOKEN, ASSISTANT_TOKEN = SPECIAL_TOKENS
 
 
 def format_prompt(prompt: str) -> str:
@@ -64,95 +70,217 @@ def parse_example(text: str) -> tuple[str, str]:
     return prompt, response
 
 
-# Short, common words (most are one BPE token of chapter 2's tokenizer). Every fourth word is
-# held out: it never appears in a training pair, only in the held-out set.
+# Common words (most are one BPE token of chapter 2's tokenizer).
 WORDS = [
-    "name",
-    "value",
-    "data",
-    "file",
-    "path",
-    "label",
-    "text",
-    "line",
-    "key",
-    "item",
-    "node",
-    "type",
-    "size",
-    "code",
-    "mode",
-    "time",
-    "test",
-    "object",
-    "result",
-    "error",
-    "index",
-    "count",
-    "string",
-    "number",
-    "buffer",
-    "parser",
-    "token",
-    "module",
-    "default",
-    "format",
-    "version",
-    "field",
-    "child",
-    "parent",
-    "source",
-    "target",
-    "message",
-    "header",
-    "stream",
-    "socket",
-    "thread",
-    "lock",
-    "event",
-    "queue",
-    "task",
-    "state",
-    "table",
-    "row",
-    "column",
-    "user",
-    "host",
-    "port",
-    "date",
-    "month",
-    "year",
-    "day",
-    "hour",
-    "char",
-    "byte",
-    "word",
+    "accept",
+    "action",
+    "active",
+    "address",
+    "allow",
+    "append",
+    "archive",
+    "args",
+    "base",
+    "bind",
     "block",
-    "frame",
-    "level",
-    "depth",
-    "width",
+    "body",
+    "bound",
+    "buffer",
+    "build",
+    "button",
+    "byte",
+    "cache",
+    "call",
+    "cancel",
+    "canvas",
+    "case",
+    "change",
+    "char",
+    "check",
+    "child",
+    "chunk",
+    "clear",
+    "close",
+    "code",
     "color",
-    "shape",
-    "point",
-    "tree",
-    "root",
-    "leaf",
-    "link",
-    "page",
-    "query",
+    "column",
+    "command",
+    "comment",
+    "compare",
+    "config",
+    "connect",
+    "content",
+    "context",
+    "control",
+    "convert",
+    "copy",
+    "count",
+    "create",
+    "current",
+    "custom",
+    "data",
+    "date",
+    "day",
+    "debug",
+    "decode",
+    "default",
+    "delete",
+    "dialog",
+    "diff",
+    "display",
+    "domain",
+    "done",
+    "dump",
+    "edit",
+    "element",
+    "empty",
+    "encode",
     "entry",
+    "error",
+    "escape",
+    "event",
+    "exit",
+    "extra",
+    "factory",
+    "field",
+    "file",
+    "fill",
+    "filter",
+    "final",
+    "find",
+    "flag",
+    "float",
+    "font",
+    "force",
+    "format",
+    "frame",
+    "group",
+    "handle",
+    "handler",
+    "hash",
+    "head",
+    "header",
+    "height",
+    "help",
+    "host",
+    "image",
+    "index",
+    "info",
+    "input",
+    "insert",
+    "item",
+    "join",
+    "keep",
+    "key",
+    "label",
+    "left",
+    "length",
+    "level",
+    "limit",
+    "line",
+    "link",
+    "load",
+    "loader",
+    "local",
+    "locale",
+    "lock",
+    "log",
+    "logger",
+    "loop",
+    "mail",
+    "main",
+    "manager",
+    "mark",
+    "master",
+    "match",
+    "member",
+    "menu",
+    "message",
+    "method",
+    "mode",
+    "module",
+    "month",
+    "name",
+    "node",
+    "number",
+    "object",
+    "offset",
+    "option",
+    "order",
+    "output",
+    "package",
+    "pair",
+    "param",
+    "parent",
+    "parse",
+    "parser",
+    "part",
+    "path",
+    "pattern",
+    "pipe",
+    "place",
+    "point",
+    "policy",
+    "port",
+    "prefix",
+    "process",
+    "push",
+    "queue",
+    "quote",
+    "range",
+    "reader",
     "record",
+    "release",
+    "remove",
+    "request",
+    "reset",
+    "result",
+    "right",
+    "root",
+    "round",
+    "row",
+    "screen",
+    "script",
+    "search",
+    "section",
+    "select",
+    "send",
+    "state",
+    "stream",
+    "table",
+    "task",
+    "text",
+    "thread",
+    "time",
+    "token",
+    "tree",
+    "type",
+    "user",
+    "value",
+    "view",
+    "width",
+    "window",
+    "word",
+    "year",
 ]
-HELD_OUT_WORDS = WORDS[3::4]
-TRAIN_WORDS = [word for word in WORDS if word not in HELD_OUT_WORDS]
 CALLABLES = ("len", "print", "str", "sorted", "list", "abs", "repr", "int", "set", "tuple")
 NUMBER_WORDS = {2: "two", 3: "three"}
 
 
-def _is_held_out_pair(a: int, b: int) -> bool:
-    """A fixed fifth of the digit pairs (a, b) are held out (a stable hash, not Python's)."""
-    return zlib.crc32(f"{a},{b}".encode()) % 5 == 0
+def is_held_out(values: dict) -> bool:
+    """Whether a task's values are held out: a fixed fifth of all value combinations, chosen
+    by a stable hash (not Python's `hash`, which changes between runs)."""
+    return zlib.crc32(json.dumps(values, sort_keys=True).encode()) % 5 == 0
+
+
+def _sample_values(
+    rng: random.Random, held_out: bool, draw: Callable[[random.Random], dict]
+) -> dict:
+    """Draw values until they fall on the requested side of the split."""
+    while True:
+        values = draw(rng)
+        if is_held_out(values) == held_out:
+            return values
 
 
 @dataclass(frozen=True)
@@ -160,8 +288,10 @@ class TaskFamily:
     """Templates (the last one is held out) and a sampler of the values that fill them.
 
     `sample(rng, held_out)` returns the values of one task as a dict; `answer(values)` is the
-    one correct response; `verify(values, response)` says whether a response is right, by
-    computing it, not by looking it up.
+    reference response; `verify(values, response)` says whether a (stripped) response is
+    right, by computing it, not by looking it up. Where the prompt shows the words after a
+    space, the reference answer starts with a space too, so that it is made of the very same
+    BPE tokens (` tree` and `tree` are different tokens): the model can copy, not translate.
     """
 
     name: str
@@ -179,25 +309,16 @@ class TaskFamily:
         return self.templates[-1]
 
 
-def _words(rng: random.Random, held_out: bool, k: int) -> list[str]:
-    pool = HELD_OUT_WORDS if held_out else TRAIN_WORDS
-    return rng.sample(pool, k)
+def _digit_pair(rng: random.Random) -> dict:
+    return {"a": rng.randrange(10), "b": rng.randrange(10)}
 
 
-def _digit_pair(rng: random.Random, held_out: bool) -> dict:
-    while True:
-        a, b = rng.randrange(10), rng.randrange(10)
-        if _is_held_out_pair(a, b) == held_out:
-            return {"a": a, "b": b}
-
-
-def _nested_call(rng: random.Random, held_out: bool) -> dict:
+def _nested_call(rng: random.Random) -> dict:
     depth = rng.randint(1, 3)
     functions = [rng.choice(CALLABLES) for _ in range(depth)]
-    word = _words(rng, held_out, 1)[0]
     subscript = rng.random() < 0.5  # end with `word[0` half of the time: brackets differ
-    code = "".join(f"{function}(" for function in functions) + word + ("[0" if subscript else "")
-    return {"code": code}
+    code = "".join(f"{function}(" for function in functions) + rng.choice(WORDS)
+    return {"code": code + ("[0" if subscript else "")}
 
 
 def _closing_brackets(code: str) -> str:
@@ -237,7 +358,9 @@ TASK_FAMILIES: dict[str, TaskFamily] = {
                 "First item of {items}:",
                 "Give the first entry in {items}.",
             ),
-            lambda rng, held_out: {"items": _quoted(_words(rng, held_out, 3))},
+            lambda rng, held_out: _sample_values(
+                rng, held_out, lambda r: {"items": _quoted(r.sample(WORDS, 3))}
+            ),
             lambda v: ast.literal_eval(v["items"])[0],
             lambda v, r: r == ast.literal_eval(v["items"])[0],
         ),
@@ -249,7 +372,9 @@ TASK_FAMILIES: dict[str, TaskFamily] = {
                 "Last item of {items}:",
                 "Give the last entry in {items}.",
             ),
-            lambda rng, held_out: {"items": _quoted(_words(rng, held_out, 3))},
+            lambda rng, held_out: _sample_values(
+                rng, held_out, lambda r: {"items": _quoted(r.sample(WORDS, 3))}
+            ),
             lambda v: ast.literal_eval(v["items"])[-1],
             lambda v, r: r == ast.literal_eval(v["items"])[-1],
         ),
@@ -261,11 +386,12 @@ TASK_FAMILIES: dict[str, TaskFamily] = {
                 "Write {word} {times} times, separated by spaces.",
                 "Print the word {word} {times} times.",
             ),
-            lambda rng, held_out: {
-                "word": _words(rng, held_out, 1)[0],
-                "times": NUMBER_WORDS[rng.choice((2, 3))],
-            },
-            lambda v: " ".join([v["word"]] * {"two": 2, "three": 3}[v["times"]]),
+            lambda rng, held_out: _sample_values(
+                rng,
+                held_out,
+                lambda r: {"word": r.choice(WORDS), "times": NUMBER_WORDS[r.choice((2, 3))]},
+            ),
+            lambda v: " " + " ".join([v["word"]] * {"two": 2, "three": 3}[v["times"]]),
             lambda v, r: r.split(" ") == [v["word"]] * {"two": 2, "three": 3}[v["times"]],
         ),
         TaskFamily(
@@ -276,10 +402,12 @@ TASK_FAMILIES: dict[str, TaskFamily] = {
                 "Swap these words: {first} {second}",
                 "Put the second word first: {first} {second}",
             ),
-            lambda rng, held_out: dict(
-                zip(("first", "second"), _words(rng, held_out, 2), strict=True)
+            lambda rng, held_out: _sample_values(
+                rng,
+                held_out,
+                lambda r: dict(zip(("first", "second"), r.sample(WORDS, 2), strict=True)),
             ),
-            lambda v: f"{v['second']} {v['first']}",
+            lambda v: f" {v['second']} {v['first']}",
             lambda v, r: r == f"{v['second']} {v['first']}",
         ),
         TaskFamily(
@@ -290,7 +418,7 @@ TASK_FAMILIES: dict[str, TaskFamily] = {
                 "Finish this expression: {code}",
                 "Add the missing brackets: {code}",
             ),
-            _nested_call,
+            lambda rng, held_out: _sample_values(rng, held_out, _nested_call),
             lambda v: _closing_brackets(v["code"]),
             _closes_call,
         ),
@@ -302,8 +430,8 @@ TASK_FAMILIES: dict[str, TaskFamily] = {
                 "{a} plus {b} equals?",
                 "Add {a} and {b}.",
             ),
-            _digit_pair,
-            lambda v: str(v["a"] + v["b"]),
+            lambda rng, held_out: _sample_values(rng, held_out, _digit_pair),
+            lambda v: f" {v['a'] + v['b']}",
             lambda v, r: r.strip().isdigit() and int(r) == v["a"] + v["b"],
         ),
         TaskFamily(
@@ -314,8 +442,8 @@ TASK_FAMILIES: dict[str, TaskFamily] = {
                 "max({a}, {b}) returns?",
                 "Compute the value of max({a}, {b}).",
             ),
-            _digit_pair,
-            lambda v: str(max(v["a"], v["b"])),
+            lambda rng, held_out: _sample_values(rng, held_out, _digit_pair),
+            lambda v: f" {max(v['a'], v['b'])}",
             lambda v, r: r.strip().isdigit() and int(r) == max(v["a"], v["b"]),
         ),
     ]
@@ -386,6 +514,18 @@ def _fingerprint(text: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _functions(statements: list) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """Every function defined in `statements`, nested ones included. It visits statements
+    only, which is much faster than `ast.walk` (that also visits every expression)."""
+    for node in statements:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            yield node
+        for name in ("body", "orelse", "finalbody", "handlers"):
+            children = getattr(node, name, None)
+            if isinstance(children, list):
+                yield from _functions(children)
+
+
 def function_pairs(source: str, origin: str = "", max_response_chars: int = 200) -> list[SFTRecord]:
     """Instruction-response pairs from the functions in one Python source text.
 
@@ -400,9 +540,7 @@ def function_pairs(source: str, origin: str = "", max_response_chars: int = 200)
         return []  # not parseable by this Python: nothing to mine
     lines = source.splitlines()
     pairs = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            continue
+    for node in _functions(tree.body):
         if ast.get_docstring(node) is None or len(node.body) < 2:
             continue
         docstring_end = node.body[0].end_lineno  # last line of the docstring
@@ -430,8 +568,7 @@ def function_fingerprints(source: str) -> set[tuple[str, ...]]:
     lines = source.splitlines()
     return {
         _fingerprint("\n".join(lines[node.lineno - 1 : node.end_lineno]))
-        for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        for node in _functions(tree.body)
     }
 
 
@@ -444,7 +581,7 @@ def mine_function_pairs(
     documents_by_split: dict[str, Iterable],
     max_pairs: dict[str, int] | None = None,
     max_response_chars: int = 200,
-    train_files_sampled: int = 4,
+    train_files_sampled: int = 8,
 ) -> tuple[list[SFTRecord], dict[str, int]]:
     """Mine `function_pairs` from chapter 1's documents, keeping the split clean.
 
@@ -787,7 +924,6 @@ def pack(
     inputs = torch.full((batch_size, context_length), PAD_ID, dtype=torch.long)
     labels = torch.full((batch_size, context_length), IGNORE_INDEX, dtype=torch.long)
     segment = torch.full((batch_size, context_length), -1, dtype=torch.long)  # -1 = padding
-    positions = torch.zeros(batch_size, context_length, dtype=torch.long)
     for row, parts in enumerate(rows):
         start = 0
         for number, (example_inputs, example_labels) in enumerate(parts):
@@ -795,95 +931,163 @@ def pack(
             inputs[row, start:end] = example_inputs
             labels[row, start:end] = example_labels
             segment[row, start:end] = number
-            positions[row, start:end] = torch.arange(len(example_inputs))
             start = end
-    # (B, T) -> (B, T, T): same segment only. Padding is its own segment, so no row is empty.
-    attention_mask = segment[:, :, None] == segment[:, None, :]
+    # Chapter 3's helpers: a token sees only its own segment (padding is a segment of its
+    # own, so no row of the mask is empty), and positions restart at 0 in every segment.
+    attention_mask = packed_sequence_mask(segment)[:, 0]  # (B, T, T)
+    positions = positions_within_documents(segment)  # (B, T)
     return Batch(inputs, labels, attention_mask, positions)
 
 
-@dataclass
-class SFTConfig:
-    """Every knob of a fine-tuning run (the trainer's own settings come from chapter 6)."""
-
-    steps: int = 300
-    batch_size: int = 32  # examples per micro-step
-    accumulation_steps: int = 1
-    learning_rate: float = 1e-3
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    context_length: int = 128  # the model's block size; examples are encoded to fit it
-    mask_prompt: bool = True  # False = the "no masking" baseline: loss on every token
-    seed: int = 0
+def sft_training_config(**overrides) -> TrainingConfig:
+    """Chapter 6's TrainingConfig with fine-tuning defaults: a lower peak learning rate than
+    pre-training (the model already knows a lot), a short warm-up, no weight decay, and no
+    periodic evaluation or sampling (the chapter evaluates before and after)."""
+    settings = {
+        "steps": 300,
+        "batch_size": 32,
+        "context_length": 128,
+        "learning_rate": 1e-3,
+        "min_lr": 1e-4,
+        "warmup_steps": 10,
+        "weight_decay": 0.0,
+        "eval_interval": 0,
+        "log_interval": 10,
+        "sample_interval": 0,
+        "seed": 0,
+    }
+    settings.update(overrides)
+    return TrainingConfig(**settings)
 
 
 def sft_batch_source(
-    examples: Sequence[EncodedExample], config: SFTConfig
+    examples: Sequence[EncodedExample],
+    batch_size: int,
+    *,
+    accumulation: int = 1,
+    seed: int = 0,
+    mask_prompt: bool = True,
+    packing: bool = False,
+    context_length: int = 128,
 ) -> Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]:
     """`get_batch(step, micro_step) -> (inputs, labels)` for chapter 6's trainer.
 
     A pure function of (seed, step, micro_step): the examples are shuffled once per epoch with
     a seed derived from the epoch, and each call takes the next `batch_size` of them, so a
-    resumed run sees exactly the batches it would have seen.
+    resumed run sees exactly the batches it would have seen. With `packing`, those examples
+    are packed into as few rows of `context_length` as they fit in (pair it with
+    `PackedSequenceModel`, which rebuilds the block-diagonal mask from the token ids).
     """
     count = len(examples)
     if count == 0:
         raise ValueError("no training examples: check the EncodeReport for what was skipped")
-
     orders: dict[int, list[int]] = {}
 
     def order_of(epoch: int) -> list[int]:
         if epoch not in orders:
-            orders[epoch] = random.Random(config.seed * 1_000_003 + epoch).sample(
-                range(count), count
-            )
+            orders[epoch] = random.Random(seed * 1_000_003 + epoch).sample(range(count), count)
         return orders[epoch]
 
     def get_batch(step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        first = (step * config.accumulation_steps + micro_step) * config.batch_size
+        first = (step * accumulation + micro_step) * batch_size
         chosen = []
-        for offset in range(first, first + config.batch_size):
+        for offset in range(first, first + batch_size):
             epoch, index = divmod(offset, count)
             chosen.append(examples[order_of(epoch)[index]])
-        batch = collate(chosen, config.mask_prompt)
+        if packing:
+            batch = pack(chosen, context_length, mask_prompt)
+        else:
+            batch = collate(chosen, mask_prompt)
         return batch.inputs, batch.labels
 
     return get_batch
 
 
-@torch.no_grad()
+def segments_from_ids(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) token ids -> (attention mask (B, T, T), positions (B, T)) for packed rows.
+
+    A new example starts at every `<|user|>`; trailing padding joins the last example, which
+    is harmless: it comes after every real token and its labels are ignored.
+    """
+    segment = torch.cumsum(inputs == USER_ID, dim=1)  # (B, T): 1, 1, ..., 2, 2, ...
+    # Chapter 3's helpers: (B, 1, T, T) same-segment mask, positions restarting per segment.
+    return packed_sequence_mask(segment)[:, 0], positions_within_documents(segment)
+
+
+class PackedSequenceModel(torch.nn.Module):
+    """Wraps a LanguageModel so that `forward(inputs)` treats each `<|user|>`... `<|endoftext|>`
+    run as its own sequence: block-diagonal attention and positions restarting at 0."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        mask, positions = segments_from_ids(inputs)
+        return self.model(inputs, positions=positions, attention_mask=mask[:, None])  # (B, T, V)
+
+
+def finetune(
+    model: torch.nn.Module,
+    train_examples: Sequence[EncodedExample],
+    config: TrainingConfig,
+    *,
+    mask_prompt: bool = True,
+    packing: bool = False,
+    show_progress: bool = True,
+) -> TrainingHistory:
+    """Fine-tune `model` in place with chapter 6's Trainer; return the training history.
+
+    `mask_prompt=False` is the baseline without masking (loss on every token, prompt too).
+    """
+    get_batch = sft_batch_source(
+        train_examples,
+        config.batch_size,
+        accumulation=config.grad_accumulation,
+        seed=config.seed,
+        mask_prompt=mask_prompt,
+        packing=packing,
+        context_length=config.context_length,
+    )
+    wrapped = PackedSequenceModel(model) if packing else model
+    trainer = Trainer(wrapped, config, get_batch, show_progress=show_progress)
+    history = trainer.fit()
+    model.eval()
+    return history
+
+
 def mean_response_loss(model, examples: Sequence[EncodedExample], batch_size: int = 64) -> float:
     """Cross-entropy per response token (nats), averaged over all response tokens of
-    `examples` (token-weighted, so long responses count by their length)."""
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size])
-        logits = model(batch.inputs, attention_mask=batch.attention_mask[:, None])
-        total += F.cross_entropy(
-            logits.flatten(0, 1).float(),
-            batch.labels.flatten(),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        ).item()
-        count += int((batch.labels != IGNORE_INDEX).sum())
-    return total / count
+    `examples` (token-weighted); chapter 6's `evaluate` does the sum over batches."""
+    batches = (
+        (batch.inputs, batch.labels)
+        for start in range(0, len(examples), batch_size)
+        for batch in [collate(examples[start : start + batch_size])]
+    )
+    return evaluate(model, batches)
 
 
 @torch.no_grad()
 def greedy_response(model, tokenizer, prompt: str, max_new_tokens: int = 24) -> str:
-    """The model's answer to `prompt`: greedy decoding until `<|endoftext|>` (not included)."""
-    model.eval()
-    prompt_ids = [USER_ID, *tokenizer.encode(prompt, add_special_tokens=False).ids, ASSISTANT_ID]
-    ids = torch.tensor([prompt_ids])
-    new_ids = []
-    for _ in range(max_new_tokens):
-        logits = model(ids[:, -model.config.block_size :])
-        next_id = int(logits[0, -1].argmax())
-        if next_id == EOT_ID:
-            break
-        new_ids.append(next_id)
-        ids = torch.cat([ids, torch.tensor([[next_id]])], dim=1)
+    """The model's answer to `prompt`: greedy decoding (chapter 4's `generate` with
+    temperature 0 and a KV cache) until `<|endoftext|>`, which is not part of the answer."""
+    from chapters.ch04_blocks.model import generate
+
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    room = model.config.context_length - max_new_tokens - 2  # keep the template tokens
+    prompt_ids = [USER_ID, *prompt_ids[-room:], ASSISTANT_ID]  # left-truncate, as in training
+    device = next(model.parameters()).device
+    tokens = generate(
+        model,
+        torch.tensor([prompt_ids], device=device),
+        max_new_tokens,
+        temperature=0.0,
+        stop_token_id=EOT_ID,
+    )
+    new_ids = tokens[0, len(prompt_ids) :].tolist()
+    if EOT_ID in new_ids:
+        new_ids = new_ids[: new_ids.index(EOT_ID)]
     return tokenizer.decode(new_ids, skip_special_tokens=True)
 
 
@@ -909,3 +1113,64 @@ def evaluate_checkable(
     if not rows:
         raise ValueError("no checkable records to evaluate (records with a task)")
     return sum(row["correct"] for row in rows) / len(rows), rows
+
+
+SFT_TRAINING = {"steps": 400, "batch_size": 32, "learning_rate": 3e-3}  # the chapter's run
+
+
+def load_sft_records(split: str | None = None) -> list[SFTRecord]:
+    """The chapter's pairs from artifacts (built on first use), optionally one split only.
+
+    Malformed lines are reported, never silently dropped."""
+    records, report = read_jsonl(ensure_sft_dataset())
+    if report.problems:
+        print(f"sft_pairs.jsonl: {report}")
+    return [record for record in records if split is None or record.split == split]
+
+
+def train_sft_model(
+    mask_prompt: bool = True, show_progress: bool = True, **overrides
+) -> tuple[torch.nn.Module, TrainingHistory]:
+    """Fine-tune a fresh copy of chapter 6's base model on the training pairs (packed)."""
+    from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer
+    from chapters.ch06_pretraining.trainer import ensure_base_model
+
+    tokenizer, model = ensure_tokenizer(), ensure_base_model()
+    context = model.config.context_length
+    examples, _ = encode_records(load_sft_records("train"), tokenizer, context + 1)
+    config = sft_training_config(**{"context_length": context, **SFT_TRAINING, **overrides})
+    history = finetune(
+        model, examples, config, mask_prompt=mask_prompt, packing=True, show_progress=show_progress
+    )
+    return model.cpu(), history
+
+
+def save_sft_model(model: torch.nn.Module, history: TrainingHistory | None = None) -> Path:
+    """Save to artifacts_dir("ch08")/"sft": built in a temporary folder, then renamed into place."""
+    parent = artifacts_dir("ch08")
+    target = parent / "sft"
+    temporary = Path(tempfile.mkdtemp(dir=parent, prefix=".sft."))
+    try:
+        model.save_pretrained(temporary)
+        if history is not None:
+            (temporary / "training_history.json").write_text(json.dumps(history.to_dict()))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(temporary, target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return target
+
+
+def ensure_sft_model():
+    """The instruction-tuned model (a `LanguageModel`): loaded from artifacts_dir("ch08")/"sft",
+    or fine-tuned from chapter 6's base model and saved there first."""
+    from chapters.ch04_blocks.model import LanguageModel
+
+    folder = artifacts_dir("ch08") / "sft"
+    if not (folder / "model.safetensors").is_file():
+        print("No fine-tuned model in the artifacts yet: fine-tuning the base model.")
+        model, history = train_sft_model()
+        save_sft_model(model, history)
+    return LanguageModel.from_pretrained(folder)
