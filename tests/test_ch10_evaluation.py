@@ -34,6 +34,7 @@ from chapters.ch10_evaluation.evaluation import (
     function_body,
     is_valid_python,
     load_checkpoint_folder,
+    load_checkpoints,
     load_items,
     next_line_items,
     paired_difference,
@@ -294,6 +295,33 @@ def test_a_checkpoint_whose_chapter_is_missing_is_listed_not_raised():
     assert [(c.name, reason) for c, reason in missing] == [
         ("ghost", "chapters.ch99_nothing.nothing does not exist yet")
     ]
+
+
+def test_a_checkpoint_whose_loader_fails_is_listed_with_the_reason(monkeypatch):
+    import chapters.ch10_evaluation.evaluation as evaluation
+
+    def ensure_broken_model():
+        raise RuntimeError("half-written chapter")
+
+    monkeypatch.setattr(evaluation, "ensure_broken_model", ensure_broken_model, raising=False)
+    broken = Checkpoint("broken", "chapters.ch10_evaluation.evaluation", "ensure_broken_model")
+    models, missing = load_checkpoints(VocabTokenizer(64), [broken])
+    assert models == {}
+    assert "half-written chapter" in missing[0][1]
+
+
+def test_loading_a_checkpoint_with_another_vocabulary_is_an_error_naming_it(monkeypatch):
+    import chapters.ch10_evaluation.evaluation as evaluation
+
+    def ensure_small_model():
+        return LanguageModel(
+            ModelConfig(vocab_size=64, context_length=8, d_model=16, n_layers=1, n_heads=2)
+        )
+
+    monkeypatch.setattr(evaluation, "ensure_small_model", ensure_small_model, raising=False)
+    small = Checkpoint("small", "chapters.ch10_evaluation.evaluation", "ensure_small_model")
+    with pytest.raises(EvaluationError, match="checkpoint 'small'.*64 ids.*100"):
+        load_checkpoints(VocabTokenizer(100), [small])
 
 
 def test_syntax_check_accepts_python_and_rejects_broken_code():

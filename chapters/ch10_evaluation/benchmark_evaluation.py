@@ -46,7 +46,7 @@ def main() -> None:
     from chapters.ch01_data.data_pipeline import iter_split
     from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer
     from chapters.ch06_pretraining.trainer import ensure_base_model
-    from chapters.ch08_sft.sft import load_sft_records
+    from chapters.ch08_sft.sft import generate_checkable_tasks
     from chapters.ch10_evaluation.evaluation import (
         code_prompts,
         contamination,
@@ -66,7 +66,7 @@ def main() -> None:
     )
     timed("held-out NLL, 40k tokens", lambda: held_out_score(model, tokenizer, documents))
     timed("score 120 items x 4 choices", lambda: score_multiple_choice(model, tokenizer, items))
-    tasks = [r for r in load_sft_records("heldout") if r.task is not None][:56]
+    tasks = [r for r in generate_checkable_tasks() if r.split == "heldout"][:56]
     timed(
         f"{len(tasks)} tasks: greedy + 5 samples",
         lambda: evaluate_checkable_tasks(model, tokenizer, tasks),

@@ -93,6 +93,34 @@ def available_checkpoints(
     return present, missing
 
 
+def load_checkpoints(
+    tokenizer, checkpoints: Sequence[Checkpoint] = CHECKPOINTS
+) -> tuple[dict[str, torch.nn.Module], list[tuple[Checkpoint, str]]]:
+    """({name: model in eval mode}, [(checkpoint, why not) for those that cannot be loaded]).
+
+    A chapter whose `ensure_...` fails (it is still being written, say) is reported, not
+    fatal. A model trained with another tokenizer is fatal: it is a wrong input, not a gap.
+    """
+    models, missing = {}, []
+    for checkpoint in checkpoints:
+        loader, reason = checkpoint_loader(checkpoint)
+        if loader is None:
+            missing.append((checkpoint, reason))
+            continue
+        try:
+            model = loader()
+        except Exception as error:
+            missing.append(
+                (checkpoint, f"{checkpoint.loader}() failed ({type(error).__name__}: {error})")
+            )
+            continue
+        check_tokenizer_matches(
+            model, tokenizer, f"checkpoint {checkpoint.name!r} ({checkpoint.loader})"
+        )
+        models[checkpoint.name] = model.eval()
+    return models, missing
+
+
 def check_tokenizer_matches(model: torch.nn.Module, tokenizer, where: str) -> None:
     """Raise if `model` was not trained with `tokenizer`: its vocabulary size must be the
     tokenizer's, or every id means a different string and every score is meaningless."""
