@@ -365,7 +365,9 @@ def flops_per_token(config: ModelConfig, sequence_length: int | None = None) -> 
     that take part in a matrix multiply (2 FLOPs per weight: one multiply, one add) and the
     second term is attention's QK^T and weights @ V against on average n_ctx / 2 earlier
     positions. Backward costs twice the forward, so training is 6 N + 6 n_layers n_ctx d_model.
-    The Chinchilla paper (Hoffmann et al. 2022, Appendix F) counts the same terms in more detail.
+    The Chinchilla paper (Hoffmann et al. 2022, Appendix F) counts the same two products in
+    more detail but over all n_ctx positions, without the causal halving, so its attention
+    term is twice this one.
     Here N includes the LM head (V d, tied or not: it is a matmul even when shared), which
     Kaplan drop as small; for small models with a 4096-token vocabulary it is not small.
     """
