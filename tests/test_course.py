@@ -37,6 +37,27 @@ def test_atomic_write_keeps_the_old_file_and_no_temporary_when_the_block_fails(
     assert list(tmp_path.iterdir()) == [target]
 
 
+def test_atomic_folder_replaces_the_folder_when_the_block_succeeds(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with course.atomic_folder(target) as folder:
+        (folder / "weights.bin").write_bytes(b"new")
+    assert [p.name for p in target.iterdir()] == ["weights.bin"]
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_folder_keeps_the_old_folder_when_the_block_fails(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), course.atomic_folder(target) as folder:
+        (folder / "weights.bin").write_bytes(b"half")
+        raise RuntimeError("crash half-way")
+    assert (target / "old.txt").read_text() == "old" and not (target / "weights.bin").exists()
+    assert list(tmp_path.iterdir()) == [target]
+
+
 def test_seed_everything_makes_torch_draws_repeat() -> None:
     generator = course.seed_everything(123)
     first = (torch.rand(3), torch.rand(3, generator=generator))

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer, load_tokenizer, load_tokens
 from chapters.ch04_blocks.model import LanguageModel, ModelConfig, generate
-from chapters.course import artifacts_dir, atomic_write, pick_device
+from chapters.course import artifacts_dir, atomic_folder, atomic_write, pick_device
 
 IGNORE_INDEX = -100  # the label value that the loss skips (padding, prompts in chapter 8)
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -864,23 +864,21 @@ def train_base_model(
     return trainer.model, history
 
 
-def save_base_model(model: LanguageModel, history: TrainingHistory | None = None) -> Path:
-    """Save the base model (and its training history) to artifacts_dir("ch06")/"base",
-    building it in a temporary folder that is renamed into place when complete."""
-    parent = artifacts_dir("ch06")
-    target = parent / "base"
-    temporary = Path(tempfile.mkdtemp(dir=parent, prefix=".base."))
-    try:
-        model.save_pretrained(temporary)
+def save_model_with_history(
+    model: LanguageModel, target: Path, history: TrainingHistory | None = None
+) -> Path:
+    """Save `model` (and its training history) as the folder `target`, atomically: the folder
+    is built beside it and renamed into place only when complete. Chapters 8 and 9 reuse it."""
+    with atomic_folder(target) as folder:
+        model.save_pretrained(folder)
         if history is not None:
-            (temporary / "training_history.json").write_text(json.dumps(history.to_dict()))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(temporary, target)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+            (folder / "training_history.json").write_text(json.dumps(history.to_dict()))
     return target
+
+
+def save_base_model(model: LanguageModel, history: TrainingHistory | None = None) -> Path:
+    """Save the base model (and its training history) to artifacts_dir("ch06")/"base"."""
+    return save_model_with_history(model, artifacts_dir("ch06") / "base", history)
 
 
 def ensure_base_model() -> LanguageModel:

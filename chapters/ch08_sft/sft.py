@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import random
-import shutil
-import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,7 +33,13 @@ from chapters.ch02_tokenizer.tokenizer import (
     USER_ID,
 )
 from chapters.ch03_attention.attention import packed_sequence_mask, positions_within_documents
-from chapters.ch06_pretraining.trainer import Trainer, TrainingConfig, TrainingHistory, evaluate
+from chapters.ch06_pretraining.trainer import (
+    Trainer,
+    TrainingConfig,
+    TrainingHistory,
+    evaluate,
+    save_model_with_history,
+)
 from chapters.course import artifacts_dir, atomic_write
 
 IGNORE_INDEX = -100  # the label value torch's cross_entropy skips (chapter 6 uses the same)
@@ -1146,21 +1149,8 @@ def train_sft_model(
 
 
 def save_sft_model(model: torch.nn.Module, history: TrainingHistory | None = None) -> Path:
-    """Save to artifacts_dir("ch08")/"sft": built in a temporary folder, then renamed into place."""
-    parent = artifacts_dir("ch08")
-    target = parent / "sft"
-    temporary = Path(tempfile.mkdtemp(dir=parent, prefix=".sft."))
-    try:
-        model.save_pretrained(temporary)
-        if history is not None:
-            (temporary / "training_history.json").write_text(json.dumps(history.to_dict()))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(temporary, target)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    return target
+    """Save to artifacts_dir("ch08")/"sft", atomically (chapter 6's helper)."""
+    return save_model_with_history(model, artifacts_dir("ch08") / "sft", history)
 
 
 def ensure_sft_model():

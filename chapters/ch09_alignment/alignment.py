@@ -17,10 +17,7 @@ cost); and `ensure_dpo_model()` / `ensure_rlhf_model()` for chapter 10.
 
 import copy
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,7 +44,7 @@ from chapters.ch08_sft.sft import (
     collate,
     encode_example,
 )
-from chapters.course import artifacts_dir, atomic_write
+from chapters.course import artifacts_dir, atomic_folder, atomic_write
 
 
 @dataclass
@@ -780,17 +777,9 @@ def ensure_preference_pairs() -> Path:
 
 def _save_model_folder(name: str, save: Callable[[Path], None]) -> Path:
     """Build artifacts_dir("ch09")/name in a temporary folder, then rename it into place."""
-    parent = artifacts_dir("ch09")
-    target = parent / name
-    temporary = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
-    try:
-        save(temporary)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(temporary, target)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+    target = artifacts_dir("ch09") / name
+    with atomic_folder(target) as folder:
+        save(folder)
     return target
 
 
