@@ -9,28 +9,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
+from chapters.ch02_tokenizer.tokenizer import SPECIAL_TOKENS
 from chapters.ch08_sft import sft
-
-SPECIAL = ["<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>"]
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    """A small byte-level BPE with chapter 2's special tokens at ids 0-3 (a stand-in)."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    text = [record.prompt + " " + record.response for record in sft.generate_checkable_tasks(20, 2)]
-    tokenizer.train_from_iterator(text * 3, trainer)
-    return tokenizer
+def tokenizer(chat_tokenizer: Tokenizer) -> Tokenizer:
+    return chat_tokenizer
 
 
 def random_text(rng: random.Random, length: int) -> str:
@@ -38,7 +25,7 @@ def random_text(rng: random.Random, length: int) -> str:
 
 
 def test_special_token_ids_match_chapter_2_order(tokenizer):
-    assert [tokenizer.token_to_id(token) for token in SPECIAL] == [
+    assert [tokenizer.token_to_id(token) for token in SPECIAL_TOKENS] == [
         sft.EOT_ID,
         sft.PAD_ID,
         sft.USER_ID,

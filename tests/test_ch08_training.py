@@ -6,29 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from chapters.ch04_blocks.model import LanguageModel, ModelConfig
 from chapters.ch06_pretraining.trainer import Trainer
 from chapters.ch08_sft import sft
 
-SPECIAL = ["<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>"]
-
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    text = [r.prompt + " " + r.response for r in sft.generate_checkable_tasks(20, 2)]
-    tokenizer.train_from_iterator(text * 3, trainer)
-    return tokenizer
+def tokenizer(chat_tokenizer: Tokenizer) -> Tokenizer:
+    return chat_tokenizer
 
 
 @pytest.fixture(scope="module")
