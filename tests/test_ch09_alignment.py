@@ -133,6 +133,34 @@ def test_dpo_loss_matches_a_hand_computed_value_on_a_tiny_model():
     assert math.isclose(loss.item(), expected, rel_tol=1e-4)
 
 
+def test_chosen_nll_is_the_mean_per_token_cross_entropy_of_the_chosen_answers():
+    policy, pairs = tiny_model(2), tiny_pairs(3)
+    batch = collate([pair.chosen for pair in pairs])
+    with torch.no_grad():
+        logits = policy(batch.inputs)  # (B, T, V)
+        per_token = F.cross_entropy(
+            logits.transpose(1, 2), batch.labels, ignore_index=-100, reduction="none"
+        )  # (B, T)
+        counts = (batch.labels != -100).sum(dim=1)
+        expected = (per_token.sum(dim=1) / counts).mean()
+        policy_chosen, _ = al.pair_logprobs(policy, pairs)
+    assert torch.allclose(al.chosen_nll(policy_chosen, pairs), expected, rtol=1e-5)
+
+
+def test_the_nll_term_keeps_the_chosen_answers_more_likely_than_dpo_alone():
+    pairs = tiny_pairs()
+    chosen_logps = {}
+    for weight in (0.0, 1.0):
+        policy = tiny_model(4)
+        reference = al.frozen_copy(policy)
+        config = al.DPOConfig(steps=20, batch_size=4, learning_rate=3e-3, nll_weight=weight)
+        history = al.train_dpo(policy, reference, pairs, config, show_progress=False)
+        assert "nll" in history[-1]
+        with torch.no_grad():
+            chosen_logps[weight] = al.pair_logprobs(policy, pairs)[0].mean().item()
+    assert chosen_logps[1.0] > chosen_logps[0.0]
+
+
 def test_label_smoothing_mixes_both_directions():
     z = torch.tensor([0.8, -0.3])
     zero = torch.zeros(2)
@@ -311,3 +339,16 @@ def test_a_grpo_step_runs_and_reports_per_step_numbers():
         show_progress=False,
     )
     assert {"reward", "advantage_abs", "kl", "clipped", "sample_accuracy"} <= set(history[0])
+
+
+def test_compare_to_sft_pairs_several_answers_per_prompt():
+    records = [r for r in generate_checkable_tasks(1, 0, seed=4) if r.split == "train"][:2]
+    right = [al.reference_answer(r.task) for r in records]
+    # two answers per prompt: the aligned model is right once per prompt, SFT never
+    answers = [right[0], " wrong", right[1], " wrong"]
+    sft = [" wrong"] * 4
+    result = al.compare_to_sft(answers, sft, records)
+    assert (result["wins"], result["losses"], result["win_rate"]) == (2, 0, 0.75)
+    assert result["accuracy"] == 0.5
+    with pytest.raises(ValueError, match="same number of answers"):
+        al.compare_to_sft(answers, sft[:3], records)

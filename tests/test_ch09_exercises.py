@@ -126,3 +126,52 @@ def test_reward_hacking_with_a_correct_answer_is_wrong(setting):
 
     with pytest.raises(NotRightYet, match="correct answer"):
         exercises.check_overrated_response(correct_answer, *setting)
+
+
+# ----- exercise 4: where the probability goes ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_models_and_pairs():
+    records = [r for r in generate_checkable_tasks(2, 0, seed=2) if r.split == "train"]
+    pairs = [
+        al.PreferencePair(r.prompt, r.response, r.response + r.response, "train", "rambling")
+        for r in records
+    ]
+    encoded, _ = al.encode_pairs(pairs, CharTokenizer(), 64)
+    return tiny_model(5), tiny_model(6), encoded
+
+
+def chosen_logprob_change(policy, reference, pairs):
+    with torch.no_grad():
+        policy_chosen, _ = al.pair_logprobs(policy, pairs)
+        reference_chosen, _ = al.pair_logprobs(reference, pairs)
+    return (policy_chosen - reference_chosen).mean().item()
+
+
+def test_chosen_logprob_change_reference_passes(two_models_and_pairs):
+    exercises.check_chosen_logprob_change(chosen_logprob_change, *two_models_and_pairs)
+
+
+def test_chosen_logprob_change_stub_is_not_solved(two_models_and_pairs):
+    with pytest.raises(NotImplementedError):
+        exercises.check_chosen_logprob_change(stub, *two_models_and_pairs)
+
+
+def test_chosen_logprob_change_with_the_sign_flipped_is_wrong(two_models_and_pairs):
+    def flipped(policy, reference, pairs):
+        return -chosen_logprob_change(policy, reference, pairs)
+
+    with pytest.raises(NotRightYet, match="sign"):
+        exercises.check_chosen_logprob_change(flipped, *two_models_and_pairs)
+
+
+def test_chosen_logprob_change_of_the_rejected_answers_is_wrong(two_models_and_pairs):
+    def rejected_instead(policy, reference, pairs):
+        with torch.no_grad():
+            _, policy_rejected = al.pair_logprobs(policy, pairs)
+            _, reference_rejected = al.pair_logprobs(reference, pairs)
+        return (policy_rejected - reference_rejected).mean().item()
+
+    with pytest.raises(NotRightYet):
+        exercises.check_chosen_logprob_change(rejected_instead, *two_models_and_pairs)

@@ -167,11 +167,14 @@ def build_preference_pairs(
     samples_per_prompt: int = 2,
     seed: int = 0,
     max_new_tokens: int = 10,
+    show_progress: bool = True,
 ) -> tuple[list[PreferencePair], PairReport]:
     """Pairs for every checkable record: chosen = its verified reference answer; rejected =
     each sample of `model` that the judge rejects (an unterminated sample is rejected as is),
     plus the constructed negatives. `model=None`, and every held-out record, get constructed
     negatives only (sampling is the slow part; held-out pairs only need to be checkable)."""
+    from tqdm.auto import tqdm
+
     rng, report = random.Random(seed), PairReport()
     generator = torch.Generator().manual_seed(seed)
     checkable = [record for record in records if record.task is not None]
@@ -185,7 +188,7 @@ def build_preference_pairs(
         )
         report.made[kind] = report.made.get(kind, 0) + 1
 
-    for record in checkable:
+    for record in tqdm(checkable, desc="preference pairs", disable=not show_progress):
         if model is not None and record.split == "train":
             for sample in sample_responses(
                 model, tokenizer, record.prompt, samples_per_prompt, max_new_tokens, 1.0, generator
@@ -203,9 +206,9 @@ def build_preference_pairs(
     return pairs, report
 
 
-def preference_records(split: str, per_family: int = 10) -> list[SFTRecord]:
-    """The first `per_family` of chapter 8's checkable records of each task family in one
-    split ("train" or "heldout")."""
+def preference_records(split: str, per_family: int | None = None) -> list[SFTRecord]:
+    """Chapter 8's checkable records of one split ("train" or "heldout"), family by family;
+    only the first `per_family` of each family when it is given."""
     from chapters.ch08_sft.sft import load_sft_records
 
     by_family: dict[str, list[SFTRecord]] = {}
@@ -377,6 +380,7 @@ class DPOConfig:
     learning_rate: float = 3e-4
     beta: float = 0.1
     label_smoothing: float = 0.0
+    nll_weight: float = 0.0  # > 0 adds the SFT loss on the chosen answers (RPO)
     warmup_steps: int = 5
     grad_clip: float = 1.0
     log_interval: int = 10
@@ -397,7 +401,9 @@ class DPOConfig:
         )
 
 
-CHAPTER_DPO = DPOConfig(steps=30, batch_size=8, log_interval=10)  # the chapter's run
+CHAPTER_DPO = DPOConfig(  # the chapter's run
+    steps=200, batch_size=16, learning_rate=2e-4, nll_weight=1.0, log_interval=40
+)
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -408,6 +414,13 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return reference
 
 
+def chosen_nll(policy_chosen: torch.Tensor, pairs: Sequence[EncodedPair]) -> torch.Tensor:
+    """Chapter 8's loss on the chosen answers: the mean over pairs of each chosen response's
+    negative log-likelihood per token, from its summed log-prob (B,)."""
+    tokens = torch.tensor([len(p.chosen.token_ids) - p.chosen.response_start for p in pairs])
+    return -(policy_chosen / tokens).mean()
+
+
 def train_dpo(
     policy: LanguageModel,
     reference: LanguageModel,
@@ -416,8 +429,9 @@ def train_dpo(
     on_log: Callable[[int, LanguageModel], dict] | None = None,
     show_progress: bool = True,
 ) -> list[dict]:
-    """Train `policy` in place with DPO against the frozen `reference`; one log row per
-    `log_interval` steps (loss, the TRL metrics, and whatever `on_log(step, policy)` adds)."""
+    """Train `policy` in place with DPO against the frozen `reference`, plus `nll_weight`
+    times `chosen_nll` (RPO); one log row per `log_interval` steps (loss, the TRL metrics,
+    the chosen NLL, and whatever `on_log(step, policy)` adds)."""
     from tqdm.auto import tqdm
 
     check_same_vocabulary(policy, reference)
@@ -444,6 +458,8 @@ def train_dpo(
             config.beta,
             config.label_smoothing,
         )
+        nll = chosen_nll(policy_chosen, batch)
+        loss = loss + config.nll_weight * nll
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, settings)
         optimizer.zero_grad(set_to_none=True)
@@ -451,7 +467,7 @@ def train_dpo(
         clip_by_global_norm(policy.parameters(), config.grad_clip)
         optimizer.step()
         if (step + 1) % config.log_interval == 0 or step == config.steps - 1:
-            row = {"step": step + 1, "loss": loss.item(), **metrics}
+            row = {"step": step + 1, "loss": loss.item(), **metrics, "nll": nll.item()}
             if on_log is not None:
                 policy.eval()
                 row.update(on_log(step + 1, policy))
@@ -581,6 +597,27 @@ def train_reward_model(
         losses.append(loss.item())
     reward_model.eval()
     return losses
+
+
+@torch.no_grad()
+def best_of_n_accuracy(
+    reward_model: RewardModel,
+    model: LanguageModel,
+    tokenizer,
+    records: Sequence[SFTRecord],
+    n: int = 8,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """(mean accuracy of `n` sampled answers, accuracy of the one the reward model prefers),
+    over `records`."""
+    generator = torch.Generator().manual_seed(seed)
+    mean, best = 0.0, 0.0
+    for record in records:
+        samples = sample_responses(model, tokenizer, record.prompt, n, 10, 1.0, generator)
+        correct = [check_answer(record.task, response_text(tokenizer, s)) for s in samples]
+        mean += sum(correct) / n
+        best += correct[int(reward_model.score(samples).argmax())]
+    return mean / len(records), best / len(records)
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -738,16 +775,47 @@ def greedy_answers(
     ]
 
 
+@torch.no_grad()
+def sampled_answers(
+    model: LanguageModel,
+    tokenizer,
+    records: Sequence[SFTRecord],
+    samples_per_prompt: int = 8,
+    seed: int = 0,
+    max_new_tokens: int = 10,
+) -> list[str]:
+    """`samples_per_prompt` answers to each record's prompt at temperature 1, prompt by prompt
+    (so record k's answers are at k * samples_per_prompt ...)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        response_text(tokenizer, sample)
+        for r in records
+        for sample in sample_responses(
+            model, tokenizer, r.prompt, samples_per_prompt, max_new_tokens, 1.0, generator
+        )
+    ]
+
+
 def compare_to_sft(
     answers: Sequence[str], sft_answers: Sequence[str], records: Sequence[SFTRecord]
 ) -> dict[str, float]:
-    """Win rate against the SFT answers by the judge (ties count half), task accuracy and
-    the judge's mean score, on the same prompts."""
-    tasks = [record.task for record in records]
+    """Win rate against the SFT answers by the judge (ties count half), the wins and losses,
+    task accuracy and the judge's mean score. `answers[k]` and `sft_answers[k]` answer the
+    same prompt: `records[k]`, or with several answers per prompt, `records[k // n]`."""
+    per_prompt = len(answers) // len(records)
+    tasks = [record.task for record in records for _ in range(per_prompt)]
+    if not len(tasks) == len(answers) == len(sft_answers):
+        raise ValueError(
+            f"{len(answers)} answers and {len(sft_answers)} SFT answers for {len(records)} "
+            "prompts: give both models the same number of answers to every prompt"
+        )
+    outcomes = list(map(judge_prefers, tasks, answers, sft_answers))
     return {
-        "win_rate": sum(map(judge_prefers, tasks, answers, sft_answers)) / len(records),
-        "accuracy": sum(map(check_answer, tasks, answers)) / len(records),
-        "judge_score": sum(map(judge_score, tasks, answers)) / len(records),
+        "win_rate": sum(outcomes) / len(tasks),
+        "wins": outcomes.count(1.0),
+        "losses": outcomes.count(0.0),
+        "accuracy": sum(map(check_answer, tasks, answers)) / len(tasks),
+        "judge_score": sum(map(judge_score, tasks, answers)) / len(tasks),
     }
 
 

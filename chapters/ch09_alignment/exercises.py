@@ -9,7 +9,13 @@ from collections.abc import Callable, Sequence
 import torch
 
 from chapters.ch08_sft.sft import SFTRecord, check_answer, encode_example
-from chapters.ch09_alignment.alignment import RewardModel, dpo_loss, reference_answer
+from chapters.ch09_alignment.alignment import (
+    EncodedPair,
+    RewardModel,
+    dpo_loss,
+    pair_logprobs,
+    reference_answer,
+)
 from chapters.course import NotRightYet
 
 
@@ -97,4 +103,26 @@ def check_overrated_response(
         raise NotRightYet(
             f"the reward model gives {response!r} {hacked:.3f}, not more than the correct answer "
             f"({correct:.3f}): search more candidates (other words, repeats, brackets)"
+        )
+
+
+def check_chosen_logprob_change(
+    chosen_logprob_change: Callable,
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
+    pairs: Sequence[EncodedPair],
+) -> None:
+    """Exercise 4: the mean over pairs of log pi(chosen) - log pi_ref(chosen), summed over
+    each chosen response's tokens."""
+    with torch.no_grad():
+        policy_chosen, _ = pair_logprobs(policy, pairs)
+        reference_chosen, _ = pair_logprobs(reference, pairs)
+    expected = (policy_chosen - reference_chosen).mean().item()
+    got = float(chosen_logprob_change(policy, reference, pairs))
+    if math.isclose(got, -expected, rel_tol=1e-3, abs_tol=1e-4) and abs(expected) > 1e-4:
+        raise NotRightYet("the sign is flipped: policy minus reference, so a fall is negative")
+    if not math.isclose(got, expected, rel_tol=1e-3, abs_tol=1e-4):
+        raise NotRightYet(
+            f"expected {expected:.4f}, got {got:.4f}: score only the chosen responses "
+            "(pair_logprobs gives summed response log-probs) and average over pairs"
         )
