@@ -352,3 +352,10 @@ def test_compare_to_sft_pairs_several_answers_per_prompt():
     assert result["accuracy"] == 0.5
     with pytest.raises(ValueError, match="same number of answers"):
         al.compare_to_sft(answers, sft[:3], records)
+
+
+@pytest.mark.parametrize("weights", [(0.0, 0.0), (-1.0, 1.0), (1.0, -0.5)])
+def test_a_dpo_config_with_nothing_to_train_is_refused(weights):
+    dpo_weight, nll_weight = weights
+    with pytest.raises(ValueError, match="dpo_weight and nll_weight"):
+        al.DPOConfig(dpo_weight=dpo_weight, nll_weight=nll_weight)

@@ -381,10 +381,18 @@ class DPOConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0
     nll_weight: float = 0.0  # > 0 adds the SFT loss on the chosen answers (RPO)
+    dpo_weight: float = 1.0  # 0 keeps the SFT loss alone: the ablation of the preference term
     warmup_steps: int = 5
     grad_clip: float = 1.0
     log_interval: int = 10
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dpo_weight < 0 or self.nll_weight < 0 or self.dpo_weight + self.nll_weight == 0:
+            raise ValueError(
+                f"DPOConfig needs dpo_weight and nll_weight >= 0, not both 0 (got "
+                f"{self.dpo_weight} and {self.nll_weight}): there would be nothing to train on"
+            )
 
     def training_config(self, context_length: int) -> TrainingConfig:
         """The chapter 6 config that `build_optimizer` and `lr_at` read."""
@@ -459,7 +467,7 @@ def train_dpo(
             config.label_smoothing,
         )
         nll = chosen_nll(policy_chosen, batch)
-        loss = loss + config.nll_weight * nll
+        loss = config.dpo_weight * loss + config.nll_weight * nll
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, settings)
         optimizer.zero_grad(set_to_none=True)
