@@ -370,7 +370,7 @@ class CausalSelfAttention(nn.Module):
                     attention_mask, batch, self.n_heads, length, k.size(2)
                 )
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
-        y = y.transpose(1, 2).contiguous().view(batch, length, self.d_model)  # merge heads
+        y = y.transpose(1, 2).contiguous().view(batch, length, -1)  # merge heads: nh * hd
         return self.out_proj(y)
 
     @torch.no_grad()

@@ -29,7 +29,6 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -43,7 +42,6 @@ from torch.distributed.tensor.parallel import (
 )
 from torch.nn.parallel import DistributedDataParallel
 
-from chapters.ch03_attention.attention import CausalSelfAttention, apply_rotary
 from chapters.ch04_blocks.model import LanguageModel, ModelConfig
 from chapters.ch06_pretraining.trainer import GetBatch, cross_entropy_loss, random_window_batches
 from chapters.course import REPO_ROOT, atomic_write
@@ -440,34 +438,6 @@ def tensor_parallel_plan() -> dict[str, ParallelStyle]:
     }
 
 
-class LocalHeadsAttention(CausalSelfAttention):
-    """Chapter 3's attention, run on the heads this rank holds after column sharding.
-
-    Same parameters and the same math per head; only the widths differ: the input is the full
-    (B, T, d_model), the q/k/v projections return n_heads / tp heads, and the merged output
-    (B, T, d_model / tp) goes into the row-sharded out_proj. Training only (no cache or mask).
-    """
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        *,
-        positions: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        kv_cache=None,
-    ) -> torch.Tensor:
-        if attention_mask is not None or kv_cache is not None:
-            raise NotImplementedError("LocalHeadsAttention supports training forward passes only.")
-        batch, length, _ = x.shape
-        if positions is None:
-            positions = torch.arange(length, device=x.device)
-        q = apply_rotary(self._split_heads(self.q_proj(x)), positions, self.rope_theta)
-        k = apply_rotary(self._split_heads(self.k_proj(x)), positions, self.rope_theta)
-        v = self._split_heads(self.v_proj(x))  # (B, local heads, T, head_dim)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out_proj(y.transpose(1, 2).reshape(batch, length, -1))  # partial sums
-
-
 def apply_tensor_parallel(model: LanguageModel, context: DistributedContext) -> LanguageModel:
     """Shard every block's matmuls over all ranks; embedding, norms and head stay replicated."""
     check_heads_divisible(model.config.n_heads, context.world_size)
@@ -480,7 +450,8 @@ def apply_tensor_parallel(model: LanguageModel, context: DistributedContext) -> 
     model = model.to(context.device)
     for block in model.blocks:
         parallelize_module(block, mesh, tensor_parallel_plan())
-        block.attention.__class__ = LocalHeadsAttention  # same module, forward on local heads
+        # chapter 3's forward then runs on this rank's heads and merges them into a
+        # (B, T, d_model / world_size) input for the row-sharded out_proj
         block.attention.n_heads //= context.world_size
     return model
 
