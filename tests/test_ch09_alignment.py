@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chapters.ch02_tokenizer.tokenizer import EOT_ID, USER_ID
+from chapters.ch02_tokenizer.tokenizer import ASSISTANT_ID, EOT_ID, USER_ID
 from chapters.ch04_blocks.model import LanguageModel, ModelConfig
 from chapters.ch08_sft.sft import check_answer, collate, encode_example, generate_checkable_tasks
 from chapters.ch09_alignment import alignment as al
@@ -359,3 +359,58 @@ def test_a_dpo_config_with_nothing_to_train_is_refused(weights):
     dpo_weight, nll_weight = weights
     with pytest.raises(ValueError, match="dpo_weight and nll_weight"):
         al.DPOConfig(dpo_weight=dpo_weight, nll_weight=nll_weight)
+
+
+class ExactCharTokenizer:
+    """Characters <-> ids 4..131, reversible, so the judge can read decoded answers."""
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(ids=[4 + ord(character) for character in text])
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return "".join(chr(i - 4) for i in ids if i >= 4)
+
+
+def _answer(tokenizer, prompt: str, response: str, finished: bool = True):
+    from chapters.ch08_sft.sft import EncodedExample
+
+    prompt_ids = [USER_ID, *tokenizer.encode(prompt).ids, ASSISTANT_ID]
+    response_ids = tokenizer.encode(response).ids + ([EOT_ID] if finished else [])
+    return EncodedExample(prompt_ids + response_ids, len(prompt_ids))
+
+
+def _sum_record(a: int, b: int):
+    from chapters.ch08_sft.sft import SFTRecord
+
+    task = {"family": "add_digits", "values": {"a": a, "b": b}}
+    return SFTRecord(f"What is {a} + {b}?", f" {a + b}", "train", "add_digits", task)
+
+
+def test_the_checker_reward_judges_each_answer_against_its_own_prompt():
+    from chapters.ch09_alignment.rlhf_study import CheckerReward
+
+    tokenizer = ExactCharTokenizer()
+    records = [_sum_record(1, 2), _sum_record(4, 4)]
+    reward = CheckerReward(tokenizer, records)
+    answers = [
+        _answer(tokenizer, "What is 1 + 2?", " 3"),
+        _answer(tokenizer, "What is 4 + 4?", " 3"),  # right for the other prompt only
+        _answer(tokenizer, "What is 4 + 4?", " 8"),
+        _answer(tokenizer, "What is 4 + 4?", " 8", finished=False),
+        _answer(tokenizer, "What is 1 + 2?", " 3 and some more words"),
+    ]
+    assert reward.score(answers).tolist() == [1.0, 0.0, 1.0, -0.5, -0.5]
+
+
+def test_own_answer_pairs_put_every_right_sample_over_every_wrong_one(monkeypatch):
+    from chapters.ch09_alignment import rlhf_study
+
+    tokenizer = ExactCharTokenizer()
+    record = _sum_record(2, 3)
+    texts = [(" 5", True), (" 5", True), (" 6", True), (" 5", False), (" 7", True)]
+    samples = [_answer(tokenizer, record.prompt, text, done) for text, done in texts]
+    monkeypatch.setattr(al, "sample_responses", lambda *args, **kwargs: samples)
+    pairs = rlhf_study.own_answer_pairs(None, tokenizer, [record])
+    # the unfinished " 5" is wrong, but as text it equals the right answer: no pair from it
+    assert sorted((p.chosen, p.rejected) for p in pairs) == [(" 5", " 6"), (" 5", " 7")]
+    assert all(check_answer(record.task, p.chosen) for p in pairs)

@@ -34,7 +34,8 @@ def own_answer_pairs(
     model, tokenizer, records: list[SFTRecord], samples: int = 8, seed: int = 11
 ) -> list[al.PreferencePair]:
     """Pairs from the model's own answers: every distinct correct, finished sample is chosen
-    over every distinct wrong (or unfinished) one to the same prompt."""
+    over every distinct wrong (or unfinished) one to the same prompt; an unfinished sample
+    whose text is a right answer makes no pair (as text, it equals the chosen one)."""
     generator = torch.Generator().manual_seed(seed)
     pairs = []
     for record in records:
@@ -42,7 +43,9 @@ def own_answer_pairs(
         texts = {(al.response_text(tokenizer, a), al.is_terminated(a)) for a in answers}
         right = sorted(t for t, done in texts if done and check_answer(record.task, t))
         wrong = sorted(
-            t for t, done in texts if t.strip() and not (done and check_answer(record.task, t))
+            t
+            for t, done in texts
+            if t.strip() and t not in right and not (done and check_answer(record.task, t))
         )
         pairs += [
             al.PreferencePair(record.prompt, c, r, "train", "own", record.task)
