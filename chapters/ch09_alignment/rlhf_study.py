@@ -74,7 +74,7 @@ class CheckerReward:
         for sample in samples:
             task = self.tasks[tuple(sample.token_ids[: sample.response_start])]
             text = al.response_text(self.tokenizer, sample)
-            finished = al.is_terminated(sample)
+            finished = al.is_terminated(sample)  # cut off by max_new_tokens: malformed
             rewards.append(al.judge_score(task, text) if finished else -0.5)
         return torch.tensor(rewards)
 
