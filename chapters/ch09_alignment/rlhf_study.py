@@ -42,11 +42,7 @@ def own_answer_pairs(
         answers = al.sample_responses(model, tokenizer, record.prompt, samples, 10, 1.0, generator)
         texts = {(al.response_text(tokenizer, a), al.is_terminated(a)) for a in answers}
         right = sorted(t for t, done in texts if done and check_answer(record.task, t))
-        wrong = sorted(
-            t
-            for t, done in texts
-            if t.strip() and t not in right and not (done and check_answer(record.task, t))
-        )
+        wrong = sorted(t for t, _ in texts if t.strip() and t not in right)
         pairs += [
             al.PreferencePair(record.prompt, c, r, "train", "own", record.task)
             for c in right
@@ -91,9 +87,11 @@ def reward_model_report(name, reward_model, sft, tokenizer, heldout_pairs, promp
     )
 
 
-def memorisation_check(sft, tokenizer, family: str = "first_item", steps: int = 30) -> None:
+def memorisation_check(
+    sft, tokenizer, train_records: list[SFTRecord], family: str = "first_item", steps: int = 30
+) -> None:
     """Part 0: GRPO on 8 fixed prompts; sampled accuracy on them and on 40 others of the family."""
-    same_family = [r for r in al.preference_records("train") if r.source == family]
+    same_family = [r for r in train_records if r.source == family]
     learned, others = same_family[:8], same_family[8:48]
     config = al.GRPOConfig(steps, prompts_per_step=8, group_size=8, learning_rate=1e-4)
     policy = ensure_sft_model()
@@ -122,15 +120,15 @@ def main() -> None:
     arguments = parser.parse_args()
     seed_everything(0)
     tokenizer, sft = ensure_tokenizer(), ensure_sft_model()
-    memorisation_check(sft, tokenizer)
     context = sft.config.context_length
     train_records, heldout = al.preference_records("train"), al.preference_records("heldout")
+    memorisation_check(sft, tokenizer, train_records)
     pairs = al.load_pairs(al.ensure_preference_pairs())
-    train_pairs = al.encode_pairs([p for p in pairs if p.split == "train"], tokenizer, context)[0]
-    heldout_pairs = al.encode_pairs([p for p in pairs if p.split == "heldout"], tokenizer, context)[
-        0
-    ]
-    own = al.encode_pairs(own_answer_pairs(sft, tokenizer, train_records), tokenizer, context)[0]
+    train_pairs, _ = al.encode_pairs([p for p in pairs if p.split == "train"], tokenizer, context)
+    heldout_pairs, _ = al.encode_pairs(
+        [p for p in pairs if p.split == "heldout"], tokenizer, context
+    )
+    own, _ = al.encode_pairs(own_answer_pairs(sft, tokenizer, train_records), tokenizer, context)
     print(f"{len(train_pairs)} chapter pairs, {len(own)} pairs from the SFT model's own answers")
     prompt_sets = {"train": al.preference_records("train", 10), "held-out": heldout[::2]}
 
