@@ -14,12 +14,14 @@ from chapters.ch03_attention.attention import (
     KVCache,
     LearnedPositionalEmbedding,
     apply_rotary,
+    apply_rotary_reference,
     attention_weights,
     causal_mask,
     naive_attention,
     packed_sequence_mask,
     positions_within_documents,
     rotary_frequencies,
+    rotary_table,
 )
 
 TOLERANCE = 1e-5
@@ -393,3 +395,45 @@ def test_naive_attention_matches_sdpa_on_random_shapes(
     k = apply_rotary(k, torch.arange(keys))
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(queries, keys))
     torch.testing.assert_close(naive_attention(q, k, v), expected, atol=TOLERANCE, rtol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    length=st.integers(1, 40),
+    half_dim=st.integers(1, 16),
+    theta=st.sampled_from([100.0, 10000.0, 500000.0]),
+    per_sequence=st.booleans(),
+)
+def test_complex_rotary_matches_the_written_out_rotation(
+    batch: int, length: int, half_dim: int, theta: float, per_sequence: bool
+) -> None:
+    head_dim = 2 * half_dim
+    x = torch.randn(batch, 2, length, head_dim, requires_grad=True)
+    shape = (batch, length) if per_sequence else (length,)
+    positions = torch.randint(0, 3000, shape)
+    fast, reference = apply_rotary(x, positions, theta), apply_rotary_reference(x, positions, theta)
+    torch.testing.assert_close(fast, reference, atol=2e-4, rtol=1e-4)
+    weights = torch.randn_like(fast)
+    (grad_fast,) = torch.autograd.grad((fast * weights).sum(), x)
+    (grad_reference,) = torch.autograd.grad((reference * weights).sum(), x)
+    torch.testing.assert_close(grad_fast, grad_reference, atol=2e-4, rtol=1e-4)
+
+
+def test_complex_rotary_keeps_bfloat16_and_the_given_bound() -> None:
+    x = torch.randn(2, 3, 7, 8).bfloat16()
+    positions = torch.arange(5, 12)
+    rotated = apply_rotary(x, positions, positions_end=12)
+    assert rotated.dtype == torch.bfloat16
+    torch.testing.assert_close(rotated, apply_rotary_reference(x, positions))
+
+
+def test_rotary_table_is_computed_once_and_grows_when_needed() -> None:
+    first = rotary_table(12, 20)
+    assert first.shape == (20, 6) and first.dtype == torch.complex64
+    assert rotary_table(12, 10).data_ptr() == first.data_ptr()  # the same cached storage
+    longer = rotary_table(12, 100)
+    assert longer.shape == (100, 6)
+    torch.testing.assert_close(longer[:20], first)
+    angles = torch.arange(100.0)[:, None] * rotary_frequencies(12)
+    torch.testing.assert_close(longer, torch.polar(torch.ones_like(angles), angles))

