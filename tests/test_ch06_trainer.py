@@ -386,3 +386,23 @@ def test_history_logs_the_monitored_quantities(tokens):
         assert math.isfinite(record[key])
     assert record["tokens_per_second"] > 0 and record["mfu"] > 0
     assert record["train_perplexity"] == pytest.approx(math.exp(record["train_loss"]))
+
+
+def test_benchmark_step_times_both_models_built_from_the_course_parts():
+    from chapters.ch04_blocks.model import RMSNorm
+    from chapters.ch06_pretraining import benchmark_step
+
+    threads = torch.get_num_threads()
+    try:
+        best = benchmark_step.compare(threads=1, steps=1, rounds=1, with_compile=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert set(best) == {"gpt2-style", "course"}
+    assert all(tokens_per_second > 0 for tokens_per_second in best.values())
+    gpt2 = benchmark_step.build("gpt2-style")
+    assert not any(isinstance(module, RMSNorm) for module in gpt2.modules())
+    assert all(isinstance(block.ffn, benchmark_step.GELUFeedForward) for block in gpt2.blocks)
+    # learned positions: the same token at two positions gets two different outputs
+    with torch.no_grad():
+        logits = gpt2(torch.full((1, 2), 7))
+    assert not torch.allclose(logits[0, 0], logits[0, 1])

@@ -121,7 +121,7 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 
 
 class _RMSNormFunction(torch.autograd.Function):
-    """RMSNorm with the closed-form backward above; saves only x_hat and r for it."""
+    """RMSNorm with the closed-form backward of chapter 4's notebook; saves only x_hat and r."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -138,10 +138,9 @@ class _RMSNormFunction(torch.autograd.Function):
         grad = grad_output.to(normalised.dtype)
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            rounded = normalised.to(ctx.input_dtype).to(
-                normalised.dtype
-            )  # what the forward multiplied by w
-            grad_weight = (grad * rounded).flatten(0, -2).sum(0).to(weight.dtype)
+            # the forward multiplied w by x_hat rounded to x's dtype: differentiate that product
+            used = normalised.to(ctx.input_dtype).to(normalised.dtype)
+            grad_weight = (grad * used).flatten(0, -2).sum(0).to(weight.dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
             h = grad * weight.to(normalised.dtype)
@@ -169,7 +168,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)  # the hand-written backward below
+        return rms_norm(x, self.weight, self.eps)  # the forward above, with its own backward
 
 
 def norm_factory(config: ModelConfig) -> Callable[[int], nn.Module]:
