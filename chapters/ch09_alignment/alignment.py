@@ -410,7 +410,7 @@ class DPOConfig:
 
 
 CHAPTER_DPO = DPOConfig(  # the chapter's run
-    steps=200, batch_size=16, learning_rate=2e-4, nll_weight=1.0, log_interval=40
+    steps=200, batch_size=16, learning_rate=2e-4, beta=0.3, nll_weight=1.0, log_interval=40
 )
 
 
