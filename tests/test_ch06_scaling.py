@@ -5,15 +5,17 @@ import math
 import numpy as np
 import pytest
 
-from chapters.ch06_pretraining.scaling import fit_isoflop
+from chapters.ch06_pretraining.scaling import bootstrap_params_exponent, fit_isoflop
 
 
-def synthetic_results(exponent: float) -> list[dict]:
+def synthetic_results(
+    exponent: float, offsets: tuple[float, ...] = (-0.6, -0.3, 0.0, 0.3, 0.6)
+) -> list[dict]:
     # Each budget's loss is a parabola in log10(N) centred on N_opt = 0.1 * C^exponent.
     results = []
     for compute in (1e10, 1e11, 1e12):
         center = math.log10(0.1 * compute**exponent)
-        for offset in (-0.6, -0.3, 0.0, 0.3, 0.6):
+        for offset in offsets:
             x = center + offset
             results.append(
                 {
@@ -44,3 +46,21 @@ def test_isoflop_fit_needs_three_runs_per_budget():
     results = [r for r in all_runs if r["compute"] != 1e10] + all_runs[:2]  # 2 runs at 1e10
     with pytest.raises(ValueError, match="needs at\\s+least 3"):
         fit_isoflop(results)
+
+
+def test_isoflop_fit_says_whether_each_vertex_lies_inside_its_sizes():
+    assert fit_isoflop(synthetic_results(0.5)).vertex_inside == [True, True, True]
+    # every size smaller than the optimum: the loss falls all the way to the largest size
+    smaller = synthetic_results(0.5, offsets=(-0.9, -0.6, -0.3))
+    assert fit_isoflop(smaller).vertex_inside == [False, False, False]
+    concave = [dict(r, val_loss=-r["val_loss"]) for r in synthetic_results(0.5)]
+    assert fit_isoflop(concave).vertex_inside == [False, False, False]
+
+
+def test_bootstrap_interval_of_the_exponent_covers_the_truth_and_shrinks_without_noise():
+    exact = bootstrap_params_exponent(synthetic_results(0.6), samples=50)
+    assert exact == pytest.approx((0.6, 0.6), abs=1e-6)
+    rng = np.random.default_rng(0)  # fixed: a 95% interval may miss on 1 draw in 20
+    noisy = [dict(r, val_loss=r["val_loss"] + rng.normal(0, 0.02)) for r in synthetic_results(0.6)]
+    low, high = bootstrap_params_exponent(noisy, samples=200)
+    assert low < 0.6 < high and high - low < 0.5

@@ -5,13 +5,13 @@ that every run of one budget costs the same FLOPs. The size with the lowest vali
 is that budget's optimum; a power law through the optima, N_opt ∝ C^a, is what Hoffmann et
 al. (2022, "Chinchilla") measured at a = 0.49 to 0.50: parameters and tokens should grow in
 equal proportion. The models here read bytes (vocabulary 256) so that even a few thousand
-parameters make a sensible model and the whole reduced sweep fits in a minute or two.
+parameters make a sensible model and the whole reduced sweep fits in about two minutes.
 """
 
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +33,12 @@ BYTE_VOCAB = 256
 SWEEP_CONTEXT = 64
 SWEEP_BATCH = 16
 SWEEP_LR = 1e-2
-# (d_model, n_layers, n_heads): each shape has roughly twice the parameters of the previous.
+# (d_model, n_layers, n_heads): from 2.9k to 0.9M parameters, 1.4 to 2x apart at the small end
+# (where the reduced budgets' optima lie), about 2x apart above.
 SWEEP_SHAPES = (
+    (6, 1, 1),
     (8, 1, 1),
+    (12, 1, 2),
     (16, 1, 2),
     (24, 1, 2),
     (32, 1, 2),
@@ -46,7 +49,7 @@ SWEEP_SHAPES = (
     (96, 4, 4),
     (128, 4, 4),
 )
-REDUCED_BUDGETS = (1e10, 3e10, 9e10)  # about a minute on 2 CPU cores
+REDUCED_BUDGETS = (1e10, 3e10, 9e10)  # about two minutes on 2 CPU cores
 FULL_BUDGETS = (1e10, 3e10, 9e10, 2.7e11, 8.1e11, 2.4e12)  # scaling_sweep.py; about an hour
 
 
@@ -134,7 +137,7 @@ def run_isoflop_sweep(
     results_path: str | Path | None = None,
     *,
     train_bpe_tokens: int = 1_000_000,
-    tokens_per_parameter_range: tuple[float, float] = (3, 150),
+    tokens_per_parameter_range: tuple[float, float] = (5, 450),
     show_progress: bool = True,
 ) -> list[dict]:
     """Every (budget, shape) run, resumable: finished runs are read back from `results_path`
@@ -186,6 +189,8 @@ class IsoFLOPFit:
     params_exponent: float  # a in N_opt = k C^a
     params_coefficient: float  # k
     tokens_exponent: float  # b in D_opt ∝ C^b (= 1 - a, because D = C / 6N)
+    # per budget: the parabola opens upward and its vertex lies between the sizes tried
+    vertex_inside: list[bool] = field(default_factory=list)
 
     def optimal_params_for(self, compute: float) -> float:
         """N_opt predicted by the fitted power law for a budget of `compute` FLOPs."""
@@ -199,7 +204,7 @@ def fit_isoflop(results: list[dict]) -> IsoFLOPFit:
     """Fit a parabola in log10(N) to each budget's losses, take its minimum as that budget's
     optimum, then fit log N_opt = a log C + log k by least squares."""
     budgets = sorted({r["compute"] for r in results})
-    optima, parabolas = [], []
+    optima, parabolas, inside = [], [], []
     for compute in budgets:
         runs = [r for r in results if r["compute"] == compute and math.isfinite(r["val_loss"])]
         if len(runs) < 3:
@@ -213,8 +218,11 @@ def fit_isoflop(results: list[dict]) -> IsoFLOPFit:
         if a <= 0:  # no minimum inside: fall back on the best measured run
             best = int(np.argmin(y))
             x_opt = float(x[best])
+            inside.append(False)
         else:
-            x_opt = float(np.clip(-b / (2 * a), x.min(), x.max()))
+            vertex = -b / (2 * a)
+            x_opt = float(np.clip(vertex, x.min(), x.max()))
+            inside.append(bool(x.min() < vertex < x.max()))
         optima.append((10**x_opt, float(np.polyval([a, b, c], x_opt))))
         parabolas.append([float(a), float(b), float(c)])
     log_c = np.log10(budgets)
@@ -226,10 +234,37 @@ def fit_isoflop(results: list[dict]) -> IsoFLOPFit:
         optimal_tokens=[c / (6 * n) for c, (n, _) in zip(budgets, optima, strict=True)],
         optimal_losses=[loss for _, loss in optima],
         parabolas=parabolas,
+        vertex_inside=inside,
         params_exponent=float(exponent),
         params_coefficient=float(10**intercept),
         tokens_exponent=float(1 - exponent),
     )
+
+
+def bootstrap_params_exponent(
+    results: list[dict], samples: int = 500, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """A bootstrap interval for the fitted exponent a of N_opt = k C^a: redraw each budget's
+    runs with replacement (keeping draws with at least 3 distinct sizes), refit, and take the
+    central `level` of the exponents."""
+    rng = np.random.default_rng(seed)
+    by_budget: dict[float, list[dict]] = {}
+    for r in results:
+        if math.isfinite(r["val_loss"]):
+            by_budget.setdefault(r["compute"], []).append(r)
+    exponents = []
+    while len(exponents) < samples:
+        drawn = []
+        for runs in by_budget.values():
+            picks = rng.integers(0, len(runs), len(runs))
+            if len({runs[i]["params"] for i in picks}) < 3:
+                break  # a parabola needs three sizes: draw again
+            drawn += [runs[i] for i in picks]
+        else:
+            exponents.append(fit_isoflop(drawn).params_exponent)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(exponents, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def plot_isoflop(results: list[dict], fit: IsoFLOPFit) -> None:

@@ -18,6 +18,7 @@ from chapters.ch06_pretraining.scaling import (
     CHINCHILLA_TOKENS_EXPONENT,
     FULL_BUDGETS,
     KAPLAN_PARAMS_EXPONENT,
+    bootstrap_params_exponent,
     fit_isoflop,
     plot_isoflop,
     run_isoflop_sweep,
@@ -59,10 +60,15 @@ def main() -> None:
         print(
             f"optimum at C={compute:.1e}: N={n:,.0f}, D={d:,.0f} ({d / n:.1f} tokens/param), loss {loss:.3f}"
         )
+    low, high = bootstrap_params_exponent(results)
     print(
-        f"fitted law: N_opt = {fit.params_coefficient:.3g} * C^{fit.params_exponent:.3f}, "
-        f"D_opt ∝ C^{fit.tokens_exponent:.3f}"
+        f"fitted law: N_opt = {fit.params_coefficient:.3g} * C^{fit.params_exponent:.3f} "
+        f"(95% bootstrap interval {low:.2f} to {high:.2f}), D_opt ∝ C^{fit.tokens_exponent:.3f}"
     )
+    pairs = zip(fit.budgets, fit.vertex_inside, strict=True)
+    outside = [f"{compute:.1e}" for compute, inside in pairs if not inside]
+    if outside:
+        print(f"budgets whose optimum is at the edge of their sizes (add sizes there): {outside}")
     print(
         f"published: Chinchilla a = {CHINCHILLA_PARAMS_EXPONENT}, b = {CHINCHILLA_TOKENS_EXPONENT}; "
         f"Kaplan a = {KAPLAN_PARAMS_EXPONENT}"
