@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from chapters.ch04_blocks.model import LanguageModel, ModelConfig, flops_per_token
-from chapters.ch06_pretraining.trainer import autocast_context, measure_peak_flops, supports_bf16
+from chapters.ch06_pretraining.trainer import autocast_context, hardware_peak_flops, supports_bf16
 
 SDPA_BACKENDS = {
     "math": SDPBackend.MATH,  # the formula in plain tensor ops, like chapter 3's naive version
@@ -149,6 +149,8 @@ def time_training_step(
 
 
 def peak_flops_for(device: torch.device | str, precision: str, seconds: float = 0.5) -> float:
-    """The device's practical matmul peak in the dtype that `precision` computes in."""
+    """The peak MFU divides by, in the dtype that `precision` computes in: a known GPU's
+    datasheet figure, otherwise the measured large-matmul peak (chapter 6's
+    `hardware_peak_flops`)."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    return measure_peak_flops(device, size=512, dtype=dtype, seconds=seconds)
+    return hardware_peak_flops(device, dtype, seconds=seconds)[0]

@@ -28,7 +28,7 @@ from chapters.ch04_blocks.model import LanguageModel, ModelConfig
 from chapters.ch06_pretraining.trainer import (
     Trainer,
     TrainingConfig,
-    measure_peak_flops,
+    hardware_peak_flops,
     random_window_batches,
     sequential_eval_batches,
     supports_bf16,
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     # The smoke test writes nothing; the real run checkpoints into the artifacts folder.
     folder = None if args.tiny else (args.output or artifacts_dir("gpu_run", "full"))
     torch.manual_seed(config.seed)
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32  # what MFU is of
     trainer = Trainer(
         LanguageModel(model_config),
         config,
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         checkpoint_dir=folder,
         device=device,
-        peak_flops=measure_peak_flops(device, seconds=0.5),
+        peak_flops=hardware_peak_flops(device, dtype, seconds=0.5)[0],
         show_progress=not args.tiny,
     )
     if folder is not None and (Path(folder) / "latest.json").is_file():

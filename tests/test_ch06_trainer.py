@@ -406,3 +406,27 @@ def test_benchmark_step_times_both_models_built_from_the_course_parts():
     with torch.no_grad():
         logits = gpt2(torch.full((1, 2), 7))
     assert not torch.allclose(logits[0, 0], logits[0, 1])
+
+
+def test_datasheet_peaks_are_found_by_gpu_name_first_match_wins():
+    from chapters.ch06_pretraining.trainer import datasheet_peak_flops
+
+    bf16 = torch.bfloat16
+    assert datasheet_peak_flops("NVIDIA H100 80GB HBM3", bf16) == 989e12
+    assert datasheet_peak_flops("NVIDIA H100 PCIe", bf16) == 756e12
+    assert datasheet_peak_flops("NVIDIA A100-SXM4-80GB", torch.float32) == 19.5e12  # not A10
+    assert datasheet_peak_flops("NVIDIA L40S", bf16) == 362e12  # not L4
+    assert datasheet_peak_flops("NVIDIA GeForce GTX 1080", bf16) is None
+
+
+def test_hardware_peak_on_cpu_is_measured_and_flops_come_from_chapter_4():
+    from chapters.ch04_blocks.model import LanguageModel, ModelConfig, flops_per_token
+    from chapters.ch06_pretraining.trainer import hardware_peak_flops, training_flops_per_token
+
+    peak, source = hardware_peak_flops("cpu", seconds=0.1)
+    assert source == "measured large-matmul peak" and peak > 0
+    config = ModelConfig(vocab_size=64, context_length=16, d_model=32, n_layers=2, n_heads=4)
+    model = LanguageModel(config)
+    assert training_flops_per_token(model) == flops_per_token(config)
+    assert training_flops_per_token(model, 8) == flops_per_token(config, 8)
+    assert training_flops_per_token(torch.nn.Linear(3, 2)) == 6 * 8  # no config: 6 x parameters

@@ -271,6 +271,7 @@ def plot_isoflop(results: list[dict], fit: IsoFLOPFit) -> None:
     """Left: loss against model size per budget (the IsoFLOP valleys). Right: the optimal
     size against compute, our fit next to the published exponents."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     colors = plt.cm.viridis(np.linspace(0.1, 0.85, len(fit.budgets)))
@@ -287,6 +288,7 @@ def plot_isoflop(results: list[dict], fit: IsoFLOPFit) -> None:
         ylabel="validation loss (nats per byte)",
         title="IsoFLOP profiles: same compute, different sizes",
     )
+    left.xaxis.set_minor_formatter(NullFormatter())  # minor labels would overlap at this range
     left.legend()
     c = np.geomspace(min(fit.budgets) / 2, max(fit.budgets) * 2, 20)
     right.scatter(fit.budgets, fit.optimal_params, color="crimson", zorder=3, label="our optima")

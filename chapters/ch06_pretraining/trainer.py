@@ -41,7 +41,7 @@ from chapters.ch02_tokenizer.tokenizer import (
     load_tokens,
     tokenizer_path,
 )
-from chapters.ch04_blocks.model import LanguageModel, ModelConfig, generate
+from chapters.ch04_blocks.model import LanguageModel, ModelConfig, flops_per_token, generate
 from chapters.course import artifacts_dir, atomic_folder, atomic_write, pick_device, sha256_of
 
 IGNORE_INDEX = -100  # the label value that the loss skips (padding, prompts in chapter 8)
@@ -305,10 +305,36 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
-def training_flops_per_token(model: torch.nn.Module) -> float:
-    """The 6N estimate: 2N FLOPs forward and 4N backward per token, N counted once for tied
-    weights. It leaves out attention's T-dependent term, which is small at short contexts."""
+def training_flops_per_token(model: torch.nn.Module, sequence_length: int | None = None) -> float:
+    """Training FLOPs per token (forward + backward): chapter 4's `flops_per_token`, 6 FLOPs
+    per matmul weight plus attention's term, for a model with a `ModelConfig`; for any other
+    model the plain 6 x parameters."""
+    config = getattr(model, "config", None)
+    if isinstance(config, ModelConfig):
+        return flops_per_token(config, sequence_length)
     return 6.0 * sum(p.numel() for p in model.parameters())
+
+
+# Dense (no sparsity) peaks from the vendors' datasheets, FLOP/s: bf16 on the tensor cores,
+# fp32 without TF32. Looked up by name, first match wins (so "H100 PCIe" before "H100").
+GPU_PEAK_FLOPS: dict[str, dict[torch.dtype, float]] = {
+    "H100 PCIe": {torch.bfloat16: 756e12, torch.float32: 51e12},
+    "H100": {torch.bfloat16: 989e12, torch.float32: 67e12},  # SXM
+    "H200": {torch.bfloat16: 989e12, torch.float32: 67e12},
+    "A100": {torch.bfloat16: 312e12, torch.float32: 19.5e12},
+    "L40S": {torch.bfloat16: 362e12, torch.float32: 91.6e12},
+    "L4": {torch.bfloat16: 121e12, torch.float32: 30.3e12},
+    "A10": {torch.bfloat16: 125e12, torch.float32: 31.2e12},
+    "RTX 4090": {torch.bfloat16: 165e12, torch.float32: 82.6e12},
+}
+
+
+def datasheet_peak_flops(device_name: str, dtype: torch.dtype) -> float | None:
+    """The datasheet peak of a GPU named like `torch.cuda.get_device_name()`, or None."""
+    for key, peaks in GPU_PEAK_FLOPS.items():
+        if key in device_name:
+            return peaks.get(dtype)
+    return None
 
 
 def measure_peak_flops(
@@ -317,26 +343,40 @@ def measure_peak_flops(
     dtype: torch.dtype = torch.float32,
     seconds: float = 1.0,
 ) -> float:
-    """FLOP/s of a large square matmul on `device`: the practical peak that MFU divides by."""
+    """FLOP/s of a large square matmul on `device`, through `F.linear` (the kernel every
+    `nn.Linear` runs; on some CPUs `a @ b` in bf16 takes a path twenty times slower)."""
     device = torch.device(device) if device is not None else pick_device()
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     best = 0.0
     deadline = time.perf_counter() + seconds
     for _ in range(2):  # warm-up
-        a @ b
+        F.linear(a, b)
     while True:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(4):
-            a @ b
+            F.linear(a, b)
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         best = max(best, 4 * 2 * size**3 / elapsed)
         if time.perf_counter() > deadline:
             return best
+
+
+def hardware_peak_flops(
+    device: torch.device | str, dtype: torch.dtype = torch.float32, seconds: float = 1.0
+) -> tuple[float, str]:
+    """The peak that MFU divides by, and where it comes from: a known GPU's datasheet figure,
+    otherwise (CPUs, GPUs not in the table) the measured large-matmul peak in `dtype`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        listed = datasheet_peak_flops(torch.cuda.get_device_name(device), dtype)
+        if listed is not None:
+            return listed, "datasheet"
+    return measure_peak_flops(device, dtype=dtype, seconds=seconds), "measured large-matmul peak"
 
 
 @torch.no_grad()
@@ -545,7 +585,7 @@ class Trainer:
     make_eval_batches: returns a fresh iterable of validation batches (a sequential pass).
     sampler: called with the model at sample intervals; returns texts to log.
     checkpoint_dir: where checkpoints go (none are written if None).
-    peak_flops: the device's measured peak (measure_peak_flops), for MFU in the logs.
+    peak_flops: the device's peak (hardware_peak_flops), for MFU in the logs.
     """
 
     def __init__(
@@ -581,7 +621,7 @@ class Trainer:
         self.show_progress = show_progress
         self.optimizer = build_optimizer(self.model, config)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        self.flops_per_token = training_flops_per_token(self.model)
+        self.flops_per_token = training_flops_per_token(self.model, config.context_length)
         self.model_context = model_context
         self.step = 0
         self.history = TrainingHistory()
