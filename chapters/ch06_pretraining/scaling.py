@@ -252,6 +252,12 @@ def bootstrap_params_exponent(
     for r in results:
         if math.isfinite(r["val_loss"]):
             by_budget.setdefault(r["compute"], []).append(r)
+    for compute, runs in by_budget.items():
+        if len({r["params"] for r in runs}) < 3:  # no draw could ever be fitted
+            raise ValueError(
+                f"Budget {compute:.2g} has runs at fewer than 3 model sizes; the bootstrap "
+                "refits a parabola per budget and needs at least 3. Add sizes there."
+            )
     exponents = []
     while len(exponents) < samples:
         drawn = []
