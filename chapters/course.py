@@ -23,6 +23,7 @@ import random
 import re
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -148,19 +149,83 @@ def course_notebooks(root: Path = REPO_ROOT) -> list[Path]:
 # ---------------------------------------------------------------------------------------
 
 
+OUTPUT_MARKER = ".written-by-llm-course"  # names the writer of a folder the course built
+# What a saved model folder holds: such a folder inside artifacts_dir(), written before folders
+# carried OUTPUT_MARKER, is recognised as the course's own.
+MODEL_FOLDER_FILES = frozenset(
+    {"config.json", "model.safetensors", "training_history.json", "build.json", "body", "head.pt"}
+)
+_TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)-[^/]*$")  # .NAME.tmp-PID-RANDOM[.tmp]
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _temporary_prefix(path: Path) -> str:
+    # the pid lets a later run tell a killed run's leftovers from a running one's
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
+def _process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def sweep_temporaries(folder: str | Path, min_age_seconds: float = 60.0) -> list[Path]:
+    """Remove the temporary files and folders that killed runs left in `folder`; return them.
+
+    Only names the course's writers give (`.NAME.tmp-PID-...`) whose process is gone and that
+    nothing touched for `min_age_seconds` are removed, never anything else.
+    """
+    folder = Path(folder)
+    if os.name != "posix" or not folder.is_dir():
+        return []  # on Windows os.kill would terminate the process instead of asking about it
+    removed = []
+    for entry in folder.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match is None or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            too_recent = time.time() - entry.lstat().st_mtime < min_age_seconds
+        except FileNotFoundError:
+            continue
+        if too_recent or _process_is_alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
     """Open a temporary file next to `path`; rename it over `path` only if the block succeeds.
 
     A crash or an exception half-way leaves the old file (or no file), never a truncated one.
+    The file gets the permissions the umask gives any new file (mkstemp alone would make it
+    private to its owner, unreadable from a class's shared folder).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(path.parent)
     if "b" not in mode:
         open_kwargs.setdefault("encoding", "utf-8")
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp"
+    )
     os.close(handle)
     try:
+        os.chmod(temporary, 0o666 & ~_umask())
         with open(temporary, mode, **open_kwargs) as file:
             yield file
             file.flush()
@@ -172,21 +237,87 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
         raise
 
 
+def _is_replaceable(path: Path, writer: str, legacy_files: frozenset[str]) -> bool:
+    if not path.exists():
+        return True
+    if not path.is_dir() or path.is_symlink():
+        return False
+    names = {entry.name for entry in path.iterdir()}
+    if not names:
+        return True
+    marker = path / OUTPUT_MARKER
+    if marker.is_file():
+        return marker.read_text(encoding="utf-8", errors="replace").strip() == writer
+    artifacts = Path(os.environ.get("LLM_COURSE_ARTIFACTS", REPO_ROOT / "artifacts"))
+    inside_artifacts = path.resolve().is_relative_to(artifacts.expanduser().resolve())
+    return inside_artifacts and names <= legacy_files
+
+
+def check_replaceable(
+    path: str | Path,
+    *,
+    writer: str = "chapters.course",
+    legacy_files: frozenset[str] = MODEL_FOLDER_FILES,
+    overwrite: bool = False,
+) -> None:
+    """Raise FileExistsError unless `path` may be replaced by `writer`: it is absent or empty,
+    it carries `writer`'s OUTPUT_MARKER, it is a pre-marker course folder in the artifacts
+    (holding only `legacy_files`), or `overwrite` is True. Nothing the course did not write is
+    ever deleted by accident."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a folder; choose another output folder.")
+    if overwrite or _is_replaceable(path, writer, legacy_files):
+        return
+    names = sorted(entry.name for entry in path.iterdir())
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    raise FileExistsError(
+        f"{path} already holds files that {writer} did not write ({shown}); refusing to replace "
+        "it, which would delete them. Choose a new or empty folder, or pass overwrite=True to "
+        "replace the folder and everything in it."
+    )
+
+
+def replace_folder(new: str | Path, target: str | Path) -> None:
+    """Rename the folder `new` to `target`; an existing `target` is moved aside first and only
+    deleted once `new` is in place."""
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.replace(new, target)
+        return
+    aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=_temporary_prefix(target)))
+    os.replace(target, aside / "previous")
+    os.replace(new, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def atomic_folder(path: str | Path) -> Iterator[Path]:
+def atomic_folder(
+    path: str | Path,
+    *,
+    writer: str = "chapters.course",
+    legacy_files: frozenset[str] = MODEL_FOLDER_FILES,
+    overwrite: bool = False,
+) -> Iterator[Path]:
     """Yield a temporary folder next to `path`; when the block succeeds it replaces `path`.
 
     For artifacts made of several files (a model's weights, config and history): a crash or
-    an exception half-way leaves the old folder (or none), never a half-written one.
+    an exception half-way leaves the old folder (or none), never a half-written one. The new
+    folder carries OUTPUT_MARKER naming `writer`; an existing `path` is replaced only when
+    `check_replaceable` allows it (checked before the work and again before the rename).
     """
     path = Path(path)
+    check = dict(writer=writer, legacy_files=legacy_files, overwrite=overwrite)
+    check_replaceable(path, **check)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    sweep_temporaries(path.parent)
+    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temporary_prefix(path)))
     try:
+        os.chmod(temporary, 0o777 & ~_umask())
         yield temporary
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(temporary, path)
+        (temporary / OUTPUT_MARKER).write_text(writer + "\n", encoding="utf-8")
+        check_replaceable(path, **check)
+        replace_folder(temporary, path)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise

@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
+from chapters import course
+from chapters.ch01_data import data_pipeline
 from chapters.ch01_data.data_pipeline import (
     QUALITY_FILTERS,
     CleanDocument,
@@ -132,6 +135,36 @@ def test_documents_from_folder_skips_an_unreadable_file_with_a_warning(tmp_path)
         documents = list(documents_from_folder(tmp_path))
     assert [document.origin for document in documents] == [f"{tmp_path.name}:good.py"]
     assert any("broken.py" in str(warning.message) for warning in caught)
+
+
+def test_documents_from_folder_skips_a_fifo_instead_of_blocking_on_it(tmp_path):
+    (tmp_path / "good.py").write_text("x = 1\n")
+    os.mkfifo(tmp_path / "pipe.py")  # opening it for reading waits for a writer forever
+    found: list = []
+    reader = threading.Thread(target=lambda: found.extend(documents_from_folder(tmp_path)))
+    reader.daemon = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reader.start()
+        reader.join(timeout=10)
+    assert not reader.is_alive(), "documents_from_folder blocked on a FIFO"
+    assert [document.origin for document in found] == [f"{tmp_path.name}:good.py"]
+
+
+def test_documents_from_folder_does_not_follow_links_out_of_the_folder(tmp_path):
+    outside = tmp_path / "private"
+    outside.mkdir()
+    (outside / "secret.py").write_text("password = 'hunter2'\n")
+    root = tmp_path / "sources"
+    root.mkdir()
+    (root / "good.py").write_text("x = 1\n")
+    (root / "leak.py").symlink_to(outside / "secret.py")
+    (root / "linked_folder").symlink_to(outside, target_is_directory=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        documents = list(documents_from_folder(root))
+    assert [document.origin for document in documents] == ["sources:good.py"]
+    assert any("leak.py" in str(warning.message) for warning in caught)
 
 
 def test_documents_from_folder_rejects_a_missing_folder(tmp_path):
@@ -471,6 +504,68 @@ def test_an_exception_on_a_fresh_build_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         build_clean_corpus(broken(), tmp_path / "corpus")
     assert os.listdir(tmp_path) == []
+
+
+def test_building_into_the_folder_of_the_sources_refuses_and_deletes_nothing(tmp_path):
+    sources = tmp_path / "my_code"
+    sources.mkdir()
+    for i in range(5):
+        (sources / f"module_{i}.py").write_text(GOOD.replace("mean", f"mean_{i}"))
+    before = {path.name: path.read_bytes() for path in sources.iterdir()}
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        build_clean_corpus(documents_from_folder(sources), sources)
+    assert {path.name: path.read_bytes() for path in sources.iterdir()} == before
+    assert os.listdir(tmp_path) == ["my_code"]  # no temporary folder left either
+
+
+def test_a_corpus_built_before_folders_carried_a_marker_is_still_replaced(tmp_path):
+    target = tmp_path / "corpus"
+    build_clean_corpus(small_corpus(), target)
+    (target / course.OUTPUT_MARKER).unlink()  # as earlier versions of the course left it
+    manifest = build_clean_corpus(small_corpus(20), target)
+    assert load_manifest(target)["documents_out"] == manifest["documents_out"] == 20
+
+
+@pytest.mark.parametrize(
+    "lie",
+    ["no splits", "no shards", "a shard outside the folder", "a missing split", "a string"],
+)
+def test_a_manifest_that_lies_is_refused_with_a_corpus_error(tmp_path, lie):
+    target = tmp_path / "corpus"
+    build_clean_corpus(small_corpus(), target)
+    (tmp_path / "outside.jsonl").write_text(json.dumps({"origin": "x", "text": "stolen"}) + "\n")
+    manifest = json.loads((target / "manifest.json").read_text())
+    if lie == "no splits":
+        del manifest["splits"]
+    elif lie == "no shards":
+        manifest["splits"]["train"] = {"documents": 0, "bytes": 0, "shards": []}
+    elif lie == "a shard outside the folder":
+        size = (tmp_path / "outside.jsonl").stat().st_size
+        manifest["splits"]["train"]["shards"] = [
+            {"file": "../outside.jsonl", "documents": 1, "bytes": size, "sha256": ""}
+        ]
+        manifest["splits"]["train"]["documents"] = 1
+    elif lie == "a missing split":
+        del manifest["splits"]["validation"]
+    else:
+        manifest = "a string"
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorpusError, match="corrupt"):
+        load_manifest(target)
+    with pytest.raises(CorpusError):
+        next(iter_split("train", target))
+
+
+def test_ensure_clean_corpus_rebuilds_a_corpus_whose_manifest_lies(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM_COURSE_ARTIFACTS", str(tmp_path))
+    monkeypatch.setattr(data_pipeline, "iter_embedded_corpus", lambda: iter(small_corpus()))
+    monkeypatch.setattr(data_pipeline, "embedded_corpus_size", lambda: 60)
+    folder = ensure_clean_corpus()
+    for lie in ({"splits": None}, {"splits": {"train": {"shards": []}}}):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps({**manifest, **lie}))
+        assert ensure_clean_corpus() == folder
+        assert load_manifest(folder, verify_checksums=True)["documents_out"] == 60
 
 
 def test_empty_corpus_is_an_error(tmp_path):

@@ -5,8 +5,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
 import socket
+import stat
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,13 +42,13 @@ def test_atomic_write_keeps_the_old_file_and_no_temporary_when_the_block_fails(
     assert list(tmp_path.iterdir()) == [target]
 
 
-def test_atomic_folder_replaces_the_folder_when_the_block_succeeds(tmp_path: Path) -> None:
+def test_atomic_folder_replaces_a_folder_it_wrote_when_the_block_succeeds(tmp_path: Path) -> None:
     target = tmp_path / "model"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
+    with course.atomic_folder(target) as folder:
+        (folder / "old.txt").write_text("old")
     with course.atomic_folder(target) as folder:
         (folder / "weights.bin").write_bytes(b"new")
-    assert [p.name for p in target.iterdir()] == ["weights.bin"]
+    assert sorted(p.name for p in target.iterdir()) == [course.OUTPUT_MARKER, "weights.bin"]
     assert list(tmp_path.iterdir()) == [target]
 
 
@@ -51,11 +56,87 @@ def test_atomic_folder_keeps_the_old_folder_when_the_block_fails(tmp_path: Path)
     target = tmp_path / "model"
     target.mkdir()
     (target / "old.txt").write_text("old")
-    with pytest.raises(RuntimeError), course.atomic_folder(target) as folder:
+    with pytest.raises(RuntimeError), course.atomic_folder(target, overwrite=True) as folder:
         (folder / "weights.bin").write_bytes(b"half")
         raise RuntimeError("crash half-way")
     assert (target / "old.txt").read_text() == "old" and not (target / "weights.bin").exists()
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_folder_refuses_a_folder_it_did_not_write_and_says_how_to_override(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "sources"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite=True"), course.atomic_folder(target):
+        pass
+    assert (target / "notes.txt").read_text() == "mine"
+    assert list(tmp_path.iterdir()) == [target]  # no temporary left behind
+    with course.atomic_folder(target, overwrite=True) as folder:
+        (folder / "new.txt").write_text("new")
+    assert not (target / "notes.txt").exists()
+
+
+def test_atomic_folder_of_one_writer_refuses_another_writers_folder(tmp_path: Path) -> None:
+    target = tmp_path / "base"
+    with course.atomic_folder(target) as folder:
+        (folder / "model.safetensors").write_bytes(b"weights")
+    other_writer = course.atomic_folder(target, writer="supplementary.hf_export")
+    with pytest.raises(FileExistsError, match="supplementary.hf_export"), other_writer:
+        pass
+    assert (target / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_atomic_folder_replaces_a_model_folder_the_course_wrote_before_markers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLM_COURSE_ARTIFACTS", str(tmp_path))
+    base = tmp_path / "ch06" / "base"  # what earlier versions of ensure_base_model left
+    base.mkdir(parents=True)
+    (base / "config.json").write_text("{}")
+    (base / "model.safetensors").write_bytes(b"old")
+    with course.atomic_folder(base) as folder:
+        (folder / "model.safetensors").write_bytes(b"new")
+    assert (base / "model.safetensors").read_bytes() == b"new"
+    (base / course.OUTPUT_MARKER).unlink()
+    (base / "notes.txt").write_text("mine")  # the same folder with a file of the user's
+    with pytest.raises(FileExistsError, match="notes.txt"), course.atomic_folder(base):
+        pass
+
+
+def test_atomic_writes_keep_the_permissions_the_umask_gives(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        with course.atomic_write(tmp_path / "shared.txt") as file:
+            file.write("for the class")
+        with course.atomic_folder(tmp_path / "shared") as folder:
+            (folder / "data.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o755
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the sweep runs on POSIX only")
+def test_sweep_removes_what_killed_runs_left_and_nothing_else(tmp_path: Path) -> None:
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()  # a process that no longer exists, like a killed run
+    dead, alive = finished.pid, os.getppid()
+    leftover = tmp_path / f".corpus.tmp-{dead}-abc"
+    leftover.mkdir()
+    (leftover / "shard.jsonl").write_text("half")
+    (tmp_path / f".out.txt.tmp-{dead}-xyz.tmp").write_text("half")
+    running = tmp_path / f".corpus.tmp-{alive}-def"
+    running.mkdir()
+    mine = tmp_path / f".notes.tmp-{dead}"  # not a name the course gives
+    mine.write_text("mine")
+    old = time.time() - 3600
+    for path in tmp_path.iterdir():
+        os.utime(path, (old, old))
+    with course.atomic_folder(tmp_path / "corpus") as folder:  # writing next to them sweeps
+        (folder / "shard.jsonl").write_text("whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["corpus", running.name, mine.name])
 
 
 def test_seed_everything_makes_torch_draws_repeat() -> None:

@@ -13,8 +13,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -26,7 +24,7 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 from chapters.corpus_sources import RawDocument, iter_embedded_corpus, stdlib_source_paths
-from chapters.course import artifacts_dir, sha256_of
+from chapters.course import artifacts_dir, atomic_folder, sha256_of
 
 
 class CorpusError(ValueError):
@@ -85,12 +83,23 @@ def normalize_text(text: str) -> str:
 def documents_from_folder(root: Path, pattern: str = "*.py") -> Iterator[RawDocument]:
     """Every file under `root` matching `pattern`, in sorted order, as raw documents.
 
-    A file that cannot be read is skipped with a warning that names it; the run goes on.
+    A file that cannot be read is skipped with a warning that names it; the run goes on. Only
+    regular files inside `root` are read: a symlink that leads outside it, or a FIFO or device
+    (reading one can block forever), is skipped with a warning too.
     """
     root = Path(root)
     if not root.is_dir():
         raise CorpusError(f"{root} is not a folder; pass the folder that holds the documents")
+    inside = root.resolve()
     for path in sorted(root.rglob(pattern)):
+        resolved = path.resolve()
+        if not resolved.is_relative_to(inside) or not resolved.is_file():
+            warnings.warn(
+                f"skipped {path}: not a regular file inside {root} (a link out, a FIFO or a "
+                "device); copy the file into the folder to include it",
+                stacklevel=2,
+            )
+            continue
         try:
             data = path.read_bytes()
         except OSError as error:
@@ -652,12 +661,14 @@ def build_clean_corpus(
     near: NearDuplicateSettings | None = None,
     validation_fraction: float = VALIDATION_FRACTION,
     shard_bytes: int = SHARD_BYTES,
+    overwrite: bool = False,
 ) -> dict:
     """Run the pipeline and write `output_dir` (shards + manifest.json); return the manifest.
 
     Everything is written into a temporary folder next to `output_dir`, which replaces
     `output_dir` only when the whole corpus is done: an exception half-way leaves the old
-    output (or none) and no half-written files.
+    output (or none) and no half-written files. An existing `output_dir` is replaced only if
+    it is empty or an earlier corpus (or `overwrite=True`): never the folder of the sources.
     """
     limits = limits or QualityThresholds()
     near = near or NearDuplicateSettings()
@@ -665,10 +676,10 @@ def build_clean_corpus(
     if shard_bytes < 1:
         raise CorpusError(f"shard_bytes = {shard_bytes}; a shard must hold at least one byte")
     output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.build-"))
+    # a corpus written before folders carried the course's marker is still ours to replace
+    overwrite = overwrite or _holds_only_corpus_files(output_dir)
     report: dict = {}
-    try:
+    with atomic_folder(output_dir, writer=CORPUS_WRITER, overwrite=overwrite) as building:
         writers = {split: ShardWriter(building, split, shard_bytes) for split in SPLITS}
         try:
             for document in clean_documents(documents, limits, near, report):
@@ -709,22 +720,54 @@ def build_clean_corpus(
             json.dump(manifest, file, indent=1, ensure_ascii=False)
             file.flush()
             os.fsync(file.fileno())
-        _replace_folder(building, output_dir)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     return manifest
 
 
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move `new` to `target`; an existing `target` is swapped out first, then deleted."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-        os.replace(target, old / "previous")
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
+CORPUS_WRITER = "ch01_data.build_clean_corpus"  # the name in the corpus folder's marker
+
+
+SHARD_FILE = re.compile(r"(train|validation)-\d{5}\.jsonl")  # what ShardWriter names
+
+
+def _holds_only_corpus_files(folder: Path) -> bool:
+    return folder.is_dir() and all(
+        path.name == MANIFEST_NAME or SHARD_FILE.fullmatch(path.name) for path in folder.iterdir()
+    )
+
+
+def _check_manifest(manifest: object, path: Path) -> None:
+    """Raise CorpusError unless the manifest has the shape build_clean_corpus writes: both
+    splits, each a non-empty list of shards named like ShardWriter's (so that no name can
+    point outside the folder), a train split with documents."""
+
+    def fail(problem: str) -> None:
+        raise CorpusError(
+            f"{path}: {problem}; the corpus is corrupt, delete the folder and rebuild"
+        )
+
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        fail(f"not a {MANIFEST_FORMAT} manifest")
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or set(splits) != set(SPLITS):
+        fail(f"'splits' must name exactly {', '.join(SPLITS)}")
+    for split in SPLITS:
+        shards = splits[split].get("shards") if isinstance(splits[split], dict) else None
+        if not isinstance(shards, list) or not shards:
+            fail(f"split {split!r} has no list of shards")
+        for shard in shards:
+            if not isinstance(shard, dict) or not isinstance(shard.get("file"), str):
+                fail(f"split {split!r} has a shard without a file name")
+            if not SHARD_FILE.fullmatch(shard["file"]) or not shard["file"].startswith(split):
+                fail(f"shard name {shard['file']!r} is not one that build_clean_corpus writes")
+            for key in ("bytes", "documents"):
+                if not isinstance(shard.get(key), int) or shard[key] < 0:
+                    fail(f"shard {shard['file']} has no valid {key!r} count")
+            if not isinstance(shard.get("sha256"), str):
+                fail(f"shard {shard['file']} has no SHA-256")
+        if splits[split].get("documents") != sum(shard["documents"] for shard in shards):
+            fail(f"split {split!r}: its document count disagrees with its shards")
+    if splits["train"]["documents"] == 0:
+        fail("the train split holds no documents")
 
 
 def load_manifest(corpus_dir: Path, verify_checksums: bool = False) -> dict:
@@ -743,10 +786,7 @@ def load_manifest(corpus_dir: Path, verify_checksums: bool = False) -> dict:
         raise CorpusError(
             f"{path} is not valid JSON ({error}); delete the folder and rebuild"
         ) from error
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise CorpusError(
-            f"{path} is not a {MANIFEST_FORMAT} manifest; delete the folder and rebuild"
-        )
+    _check_manifest(manifest, path)
     for split in SPLITS:
         for shard in manifest["splits"][split]["shards"]:
             shard_path = corpus_dir / shard["file"]
@@ -803,7 +843,7 @@ def ensure_clean_corpus() -> Path:
     )
     try:
         manifest = load_manifest(folder, verify_checksums=True)
-        if manifest["settings"] == expected:
+        if manifest.get("settings") == expected:
             return folder
         print(f"{folder} was built with other settings; rebuilding it.")
     except CorpusError as problem:
