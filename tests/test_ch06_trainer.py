@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from chapters.ch06_pretraining.trainer import (
     IGNORE_INDEX,
     Trainer,
     TrainingConfig,
+    TrainingHistory,
     build_optimizer,
     clip_by_global_norm,
     cross_entropy_loss,
@@ -28,6 +30,7 @@ from chapters.ch06_pretraining.trainer import (
     open_token_shard,
     open_tokenizer,
     random_window_batches,
+    save_model_with_history,
     sequential_eval_batches,
 )
 
@@ -308,6 +311,90 @@ def test_injected_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tokens, t
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+def test_the_last_step_is_checkpointed_once_when_the_interval_divides_the_steps(tokens, tmp_path):
+    trainer = make_trainer(
+        tokens, tiny_config(steps=4, checkpoint_interval=2), checkpoint_dir=tmp_path
+    )
+    saved_steps = []
+    save = trainer.save
+    trainer.save = lambda *args: saved_steps.append(trainer.step) or save(*args)
+    trainer.fit()
+    assert saved_steps == [2, 4]
+
+
+def test_resume_falls_back_to_the_newest_complete_checkpoint(tokens, tmp_path):
+    make_trainer(tokens, tiny_config(steps=4, checkpoint_interval=2), checkpoint_dir=tmp_path).fit()
+    shutil.rmtree(tmp_path / "step_0000004")  # a kill while latest.json still names it
+    assert json.loads((tmp_path / "latest.json").read_text())["folder"] == "step_0000004"
+    resumed = make_trainer(tokens, tiny_config(steps=4), checkpoint_dir=tmp_path)
+    assert resumed.resume() == 2
+    (tmp_path / "latest.json").write_text("{not json")  # a damaged pointer: same fallback
+    assert latest_checkpoint(tmp_path).name == "step_0000002"
+
+
+def test_resume_from_a_folder_that_does_not_exist_says_so(tokens, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        make_trainer(tokens).resume(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("damaged", ["trainer_state.json", "model.safetensors"])
+def test_a_damaged_checkpoint_is_named_with_what_to_do(tokens, tmp_path, damaged):
+    make_trainer(tokens, tiny_config(steps=4), checkpoint_dir=tmp_path).fit()
+    step_folder = tmp_path / "step_0000004"
+    (step_folder / damaged).write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="is damaged.*Delete that step folder"):
+        make_trainer(tokens, tiny_config(steps=4)).resume(step_folder)
+
+
+def test_weights_that_explode_behind_a_calm_loss_stop_the_run(tokens, tmp_path):
+    from chapters.ch04_blocks.model import LanguageModel, ModelConfig
+
+    torch.manual_seed(0)  # RMSNorm hides the weights' scale: at lr 100 the loss stays calm
+    model = LanguageModel(
+        ModelConfig(vocab_size=VOCAB, context_length=16, d_model=32, n_layers=1, n_heads=2)
+    )
+    config = tiny_config(steps=15, learning_rate=100.0, min_lr=1.0, warmup_steps=2, log_interval=5)
+    history = make_trainer(tokens, config, model=model, checkpoint_dir=tmp_path).fit()
+    assert history.diverged and "weights' norm" in history.stopped_reason
+    with pytest.raises(ValueError, match="refusing to save a diverged model"):
+        save_model_with_history(model, tmp_path / "base", history)
+    assert not (tmp_path / "base").exists()
+
+
+def test_a_model_with_nan_weights_is_not_saved(tmp_path):
+    from chapters.ch04_blocks.model import LanguageModel, ModelConfig
+
+    model = LanguageModel(
+        ModelConfig(vocab_size=VOCAB, context_length=16, d_model=32, n_layers=1, n_heads=2)
+    )
+    with torch.no_grad():
+        model.token_embedding.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        save_model_with_history(model, tmp_path / "base")
+
+
+def test_ensure_base_model_saves_nothing_when_training_diverged(tmp_path, monkeypatch):
+    from chapters.ch06_pretraining import trainer as trainer_module
+
+    monkeypatch.setenv("LLM_COURSE_ARTIFACTS", str(tmp_path))
+    diverged = TrainingHistory(stopped_reason="diverged at step 3: the loss is nan")
+    model = trainer_module.LanguageModel(trainer_module.default_model_config())
+    monkeypatch.setattr(trainer_module, "train_base_model", lambda *args: (model, diverged))
+    monkeypatch.setattr(trainer_module, "build_record", lambda *args: {})
+    with pytest.raises(ValueError, match="diverged"):
+        trainer_module.ensure_base_model()
+    assert not (tmp_path / "ch06" / "base" / "model.safetensors").exists()
+
+
+def test_save_model_with_history_refuses_a_folder_of_the_users(tmp_path):
+    target = tmp_path / "my_model"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_model_with_history(tiny_model(), target)
+    assert (target / "notes.txt").read_text() == "mine"
+
+
 def test_a_loss_spike_beyond_the_factor_stops_the_run(tokens):
     model = tiny_model()
     calls = {"count": 0}
@@ -340,9 +427,29 @@ def test_context_longer_than_the_model_is_refused(tokens):
         make_trainer(tokens, tiny_config(context_length=32))
 
 
-def test_batch_larger_than_the_data_is_refused():
+def test_data_shorter_than_one_window_is_refused():
     with pytest.raises(ValueError, match="fewer than one batch"):
-        random_window_batches(np.zeros(100, dtype=np.uint16), batch_size=8, context_length=16)
+        random_window_batches(np.zeros(16, dtype=np.uint16), batch_size=8, context_length=16)
+
+
+def test_random_windows_need_only_one_window_of_data_not_a_whole_batch():
+    tokens = np.arange(17, dtype=np.uint16)  # one window of 16 + 1 tokens; a batch of 8 overlaps
+    inputs, labels = random_window_batches(tokens, batch_size=8, context_length=16)(0, 0)
+    assert inputs.shape == (8, 16) and torch.equal(inputs[:, 1:], labels[:, :-1])
+
+
+def test_eval_batches_still_need_a_whole_batch_of_non_overlapping_windows():
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        next(sequential_eval_batches(np.zeros(100, dtype=np.uint16), 8, 16))
+
+
+def test_written_out_cross_entropy_refuses_a_label_outside_the_vocabulary():
+    logits = torch.randn(2, 3, VOCAB)
+    for bad in (-5, VOCAB):
+        labels = torch.zeros(2, 3, dtype=torch.long)
+        labels[1, 2] = bad
+        with pytest.raises(ValueError, match=f"label {bad} is outside the {VOCAB} classes"):
+            cross_entropy_loss(logits, labels)
 
 
 def test_checkpoint_from_a_different_config_names_the_fields(tokens, tmp_path):

@@ -17,9 +17,7 @@ checkpoint sees exactly the batches that an uninterrupted run would have seen.
 import contextlib
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
@@ -128,6 +127,9 @@ class TrainingConfig:
 
 
 SPIKE_WINDOW = 20  # losses averaged for the spike rule
+# A run whose weights' norm grew beyond this multiple of its start has diverged: weight decay
+# keeps a healthy run within a few times its starting norm.
+MAX_WEIGHT_GROWTH = 100.0
 # Fields that change what is logged but not what is trained: a resumed run may change them.
 MONITORING_FIELDS = frozenset(
     {
@@ -165,6 +167,8 @@ def open_tokenizer(path: str | Path) -> Tokenizer:
 
 
 def _check_fits(tokens: np.ndarray, batch_size: int, context_length: int, what: str) -> None:
+    # non-overlapping eval windows need batch_size of them; random windows may overlap, so
+    # they need just one (call with batch_size=1)
     needed = batch_size * context_length + 1
     if len(tokens) < needed:
         raise ValueError(
@@ -182,7 +186,7 @@ def random_window_batches(
     The windows depend only on (seed, step, micro_step), never on what was drawn before: that
     is what makes a resumed run see exactly the batches an uninterrupted run would see.
     """
-    _check_fits(tokens, batch_size, context_length, "training")
+    _check_fits(tokens, 1, context_length, "training")
     last_start = len(tokens) - context_length - 1
 
     def get_batch(step: int, micro_step: int) -> Batch:
@@ -224,6 +228,12 @@ def cross_entropy_loss(
     logits = logits.float().reshape(-1, logits.shape[-1])  # (N, V)
     labels = labels.reshape(-1)  # (N,)
     keep = labels != ignore_index
+    if bool(((labels[keep] < 0) | (labels[keep] >= logits.shape[-1])).any()):
+        bad = labels[keep][(labels[keep] < 0) | (labels[keep] >= logits.shape[-1])][0]
+        raise ValueError(
+            f"label {int(bad)} is outside the {logits.shape[-1]} classes; only "
+            f"{ignore_index} (ignore_index) may lie outside [0, {logits.shape[-1]})."
+        )
     row_max = logits.max(dim=-1, keepdim=True).values.detach()  # (N, 1), a constant shift
     log_sum_exp = row_max.squeeze(-1) + torch.log(torch.exp(logits - row_max).sum(dim=-1))
     target_logit = logits.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (N,)
@@ -449,8 +459,9 @@ def save_checkpoint(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
-    temporary = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}."))
-    try:
+    # step folders in a checkpoint folder are the trainer's own: an older save of the same
+    # step (a resumed run saving again) is replaced
+    with atomic_folder(folder / name, writer=CHECKPOINT_WRITER, overwrite=True) as temporary:
         save_model(model, str(temporary / "model.safetensors"))  # handles tied weights
         optimizer_state = optimizer.state_dict()
         tensors = {
@@ -475,31 +486,54 @@ def save_checkpoint(
             **(extra_state or {}),
         }
         (temporary / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        target = folder / name
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(temporary, target)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     with atomic_write(folder / "latest.json") as file:
         json.dump({"step": step, "folder": name}, file)
     finished = sorted(path for path in folder.glob("step_*") if path.is_dir())
     for old in finished[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return target
+    return folder / name
+
+
+CHECKPOINT_WRITER = "ch06_pretraining.save_checkpoint"
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    if not all((checkpoint / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    try:
+        return isinstance(json.loads((checkpoint / "trainer_state.json").read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def latest_checkpoint(folder: str | Path) -> Path:
-    """The newest complete checkpoint in `folder` (as named by latest.json)."""
+    """The newest complete checkpoint in `folder`: the one latest.json names, or, if that one is
+    missing or damaged (a kill at the wrong moment), the newest complete step_* folder."""
     folder = Path(folder)
-    pointer = folder / "latest.json"
-    if not pointer.is_file():
+    if not folder.is_dir():
         raise FileNotFoundError(
-            f"No checkpoint in {folder}: latest.json is missing. Train with a checkpoint_dir "
-            "first, or pass the folder of a run that saved checkpoints."
+            f"No checkpoint folder {folder}. Train with checkpoint_dir={str(folder)!r} first, or "
+            "pass the folder of a run that saved checkpoints."
         )
-    return folder / json.loads(pointer.read_text())["folder"]
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        named = folder / Path(json.loads((folder / "latest.json").read_text())["folder"]).name
+        if _is_complete(named):
+            return named
+    complete = [path for path in sorted(folder.glob("step_*"), reverse=True) if _is_complete(path)]
+    if not complete:
+        raise FileNotFoundError(
+            f"No complete checkpoint in {folder} (latest.json and step_* folders are missing or "
+            "damaged). Train with a checkpoint_dir first, or start a new run."
+        )
+    return complete[0]
+
+
+def latest_step(folder: str | Path) -> int | None:
+    """The step of the newest complete checkpoint in `folder`, or None if there is none."""
+    with contextlib.suppress(FileNotFoundError):
+        return int(latest_checkpoint(folder).name.removeprefix("step_"))
+    return None
 
 
 def load_checkpoint(
@@ -514,13 +548,26 @@ def load_checkpoint(
     fields that differ (monitoring fields such as log_interval may change).
     """
     path = Path(path)
-    if (path / "latest.json").is_file():
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"No checkpoint at {path}: the folder does not exist. Pass the checkpoint_dir of a "
+            "run that saved checkpoints, or one of its step_* folders."
+        )
+    if not (path / "trainer_state.json").is_file():  # a run's folder, not one checkpoint
         path = latest_checkpoint(path)
-    for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors"):
+    for name in (*CHECKPOINT_FILES, "trainer_state.json"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"Checkpoint {path} is incomplete: {name} is missing.")
-    if not (path / "trainer_state.json").is_file():
-        raise FileNotFoundError(f"Checkpoint {path} is incomplete: trainer_state.json is missing.")
+    try:
+        return _restore(path, model, optimizer, config)
+    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError, KeyError) as error:
+        raise ValueError(
+            f"Checkpoint {path} is damaged ({type(error).__name__}: {error}). Delete that "
+            "step folder to resume from the one before it, or start a new run."
+        ) from error
+
+
+def _restore(path: Path, model, optimizer, config: TrainingConfig) -> dict:
     state = json.loads((path / "trainer_state.json").read_text())
     problems = _mismatches(state["training_config"], config.to_dict(), MONITORING_FIELDS)
     if state.get("model_config") is not None or _model_config_dict(model) is not None:
@@ -576,7 +623,12 @@ class TrainingHistory:
 
 
 class Divergence(RuntimeError):
-    """Raised by Trainer.train_step when the loss or gradient blows up; fit() stops on it."""
+    """Raised by Trainer.train_step when the loss, gradient or weights blow up; fit() stops."""
+
+
+def _weight_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
+    """The L2 norm of all parameters stacked into one vector."""
+    return math.sqrt(sum(float(p.detach().float().pow(2).sum()) for p in parameters))
 
 
 class Trainer:
@@ -626,6 +678,7 @@ class Trainer:
         self.step = 0
         self.history = TrainingHistory()
         self.recent_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
+        self.initial_weight_norm = _weight_norm(self.parameters)
         torch.manual_seed(config.seed)  # dropout and anything else drawn during training
 
     # -- one update --------------------------------------------------------------------
@@ -694,7 +747,8 @@ class Trainer:
 
         The update-to-weight ratio |delta w| / |w| is measured on logging steps only (it needs
         a copy of the weights). A non-finite or spiking loss raises `Divergence` before any
-        weight changes, so the model stays at its last good state.
+        weight changes, so the model stays at its last good state; weights that grew more than
+        MAX_WEIGHT_GROWTH-fold raise it on a logging step, after the update.
         """
         config = self.config
         lr = lr_at(self.step, config)
@@ -716,8 +770,16 @@ class Trainer:
                 float((p.detach() - b).float().pow(2).sum())
                 for p, b in zip(self.parameters, before, strict=True)
             )
-            weight = sum(float(p.detach().float().pow(2).sum()) for p in self.parameters)
-            ratio = math.sqrt(update) / max(math.sqrt(weight), 1e-12)
+            weight = _weight_norm(self.parameters)
+            ratio = math.sqrt(update) / max(weight, 1e-12)
+            # RMSNorm undoes any scale of the weights, so the loss can look fine while they
+            # explode (lr 100: 1e11 and rising); their norm shows it.
+            if not weight <= MAX_WEIGHT_GROWTH * self.initial_weight_norm:
+                raise Divergence(
+                    f"diverged at step {self.step + 1}: the weights' norm is {weight:.3g}, more "
+                    f"than {MAX_WEIGHT_GROWTH:g} x its starting {self.initial_weight_norm:.3g} "
+                    "(is the learning rate too high?)"
+                )
         self.recent_losses.append(loss_value)
         self.step += 1
         return loss_value, grad_norm, ratio
@@ -757,8 +819,9 @@ class Trainer:
                 bar.update(1)
                 paused = self._periodic_work()
                 window_start += paused  # evaluation time does not count against tokens/s
-            if self.checkpoint_dir is not None and not self.history.diverged:
-                self.save()
+            saved = latest_step(self.checkpoint_dir) if self.checkpoint_dir else None
+            if self.checkpoint_dir is not None and not self.history.diverged and saved != self.step:
+                self.save()  # unless the interval has just saved this very step
         finally:
             bar.close()
         return self.history
@@ -828,7 +891,11 @@ class Trainer:
         folder = folder or self.checkpoint_dir
         if folder is None:
             raise ValueError("No checkpoint folder: pass checkpoint_dir to Trainer or to save().")
-        extra = {"recent_losses": list(self.recent_losses), "history": self.history.to_dict()}
+        extra = {
+            "recent_losses": list(self.recent_losses),
+            "history": self.history.to_dict(),
+            "initial_weight_norm": self.initial_weight_norm,
+        }
         return save_checkpoint(folder, self.model, self.optimizer, self.config, self.step, extra)
 
     def resume(self, path: str | Path | None = None) -> int:
@@ -839,6 +906,7 @@ class Trainer:
         state = load_checkpoint(path, self.model, self.optimizer, self.config)
         self.step = state["step"]
         self.recent_losses = deque(state.get("recent_losses", []), maxlen=SPIKE_WINDOW)
+        self.initial_weight_norm = state.get("initial_weight_norm", self.initial_weight_norm)
         if "history" in state:
             self.history = TrainingHistory.from_dict(state["history"])
         return self.step
@@ -958,10 +1026,22 @@ def save_model_with_history(
     target: Path,
     history: TrainingHistory | None = None,
     build: dict | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Save `model` (its training history and build record too) as the folder `target`,
-    atomically: the folder is built beside it and renamed into place only when complete."""
-    with atomic_folder(target) as folder:
+    atomically: the folder is built beside it and renamed into place only when complete.
+
+    A diverged run or non-finite weights are refused: later chapters would build on them. An
+    existing `target` is replaced only if the course wrote it (or `overwrite=True`).
+    """
+    if history is not None and history.diverged:
+        raise ValueError(
+            f"refusing to save a diverged model to {target}: {history.stopped_reason} "
+            "Train again with a lower learning_rate (or resume from an earlier checkpoint)."
+        )
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise ValueError(f"refusing to save {target}: the model has NaN or infinite weights.")
+    with atomic_folder(target, overwrite=overwrite) as folder:
         model.save_pretrained(folder)
         if history is not None:
             (folder / "training_history.json").write_text(json.dumps(history.to_dict()))
