@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from chapters.ch04_blocks.model import LanguageModel, ModelConfig
 
@@ -105,3 +105,43 @@ def test_a_failed_save_leaves_the_old_checkpoint_and_no_temporary_files(tmp_path
     tokens = torch.randint(0, TINY.vocab_size, (1, 8))
     with torch.no_grad():
         assert torch.equal(LanguageModel.from_pretrained(tmp_path)(tokens), old(tokens))
+
+
+def test_a_config_edited_to_other_values_with_the_same_shapes_is_refused(tmp_path):
+    LanguageModel(TINY).save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**TINY.to_dict(), "norm_eps": 0.5}))
+    with pytest.raises(ValueError, match=r"\['norm_eps'\] differ"):
+        LanguageModel.from_pretrained(tmp_path)
+
+
+def test_new_weights_paired_with_an_old_config_are_refused(tmp_path):
+    """A crash between the two renames of save_pretrained leaves exactly this pair."""
+    LanguageModel(TINY).save_pretrained(tmp_path / "old")
+    LanguageModel(dataclasses.replace(TINY, rope_theta=500.0)).save_pretrained(tmp_path / "new")
+    (tmp_path / "new" / "config.json").write_bytes((tmp_path / "old" / "config.json").read_bytes())
+    with pytest.raises(ValueError, match="different saves"):
+        LanguageModel.from_pretrained(tmp_path / "new")
+
+
+@pytest.mark.parametrize("poison", ["nan", "inf", "integer"])
+def test_weights_that_are_not_finite_floats_are_refused(tmp_path, poison):
+    model = LanguageModel(TINY)
+    model.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    name = "final_norm.weight"
+    if poison == "integer":
+        tensors[name] = tensors[name].long()
+    else:
+        tensors[name][0] = float(poison)
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(
+        ValueError, match="NaN or infinite" if poison != "integer" else "not a float"
+    ):
+        LanguageModel.from_pretrained(tmp_path)
+
+
+def test_a_binary_config_file_is_a_clear_error(tmp_path):
+    LanguageModel(TINY).save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match="not valid JSON text"):
+        LanguageModel.from_pretrained(tmp_path)

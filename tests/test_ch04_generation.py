@@ -113,3 +113,22 @@ def test_bad_sampling_settings_are_rejected(bad):
 def test_generate_rejects_a_prompt_without_batch_dimension(model):
     with pytest.raises(ValueError, match="unsqueeze"):
         generate(model, torch.tensor([1, 2, 3]), 2)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(temperature=float("nan")), dict(temperature=float("inf")), dict(top_k=2.5)],
+)
+def test_non_numbers_and_fractional_top_k_are_rejected_in_words(bad):
+    with pytest.raises(ValueError, match="temperature must be|top_k must be"):
+        sample_next_token(torch.randn(1, 5), **{"temperature": 1.0, **bad})
+
+
+def test_generate_rejects_a_fractional_number_of_new_tokens(model):
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer"):
+        generate(model, torch.tensor([[1, 2, 3]]), 2.5)
+
+
+def test_generate_rejects_float_prompt_ids_instead_of_truncating_them(model):
+    with pytest.raises(TypeError, match="integer token ids"):
+        generate(model, torch.tensor([[1.7, 2.2]]), 2)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -431,10 +431,10 @@ def sample_next_token(
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (batch, vocab), got {tuple(logits.shape)}.")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}.")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k}.")
+    if not 0 <= temperature < math.inf:  # also refuses NaN, for which every comparison fails
+        raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature}.")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}.")
     if temperature == 0:
@@ -495,8 +495,17 @@ def generate(
             f"prompt_ids must be a tensor of shape (batch, time), got {shape}; "
             "for one prompt use prompt_ids.unsqueeze(0)."
         )
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
+    if (
+        not isinstance(max_new_tokens, int)
+        or isinstance(max_new_tokens, bool)
+        or max_new_tokens < 0
+    ):
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
+    if prompt_ids.is_floating_point() or prompt_ids.is_complex() or prompt_ids.dtype == torch.bool:
+        raise TypeError(
+            f"prompt_ids must hold integer token ids, got dtype {prompt_ids.dtype}; a float id "
+            "would be truncated to another token. Encode the prompt with the tokenizer."
+        )
     context = model.config.context_length
     device = next(model.parameters()).device
     tokens = prompt_ids.to(device).long()
@@ -541,8 +550,15 @@ def save_pretrained(model: LanguageModel, folder: str | Path) -> Path:
     }
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
     os.close(handle)
+    # the config travels inside the weights file too: the two files are renamed one after the
+    # other, and loading checks that they are a pair
+    metadata = {
+        "format": "pt",
+        "written_by": "ch04_blocks",
+        "config": json.dumps(model.config.to_dict()),
+    }
     try:
-        save_file(tensors, temporary, metadata={"format": "pt", "written_by": "ch04_blocks"})
+        save_file(tensors, temporary, metadata=metadata)
         os.replace(temporary, folder / WEIGHTS_NAME)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -561,14 +577,27 @@ def _read_config(folder: Path) -> ModelConfig:
         )
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); the file is corrupt.") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path} is not valid JSON text ({error}); the file is corrupt. Save the model "
+            "again with save_pretrained."
+        ) from error
     if not isinstance(values, dict):
         raise ValueError(f"{path} should hold a JSON object of ModelConfig fields.")
     try:
         return ModelConfig.from_dict(values)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path} does not describe a valid model: {error}") from error
+
+
+def _config_in_weights(folder: Path) -> dict | None:
+    """The config that save_pretrained stored inside the weights file (None for older files)."""
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        return None
+    with safe_open(path, framework="pt") as file:
+        saved = (file.metadata() or {}).get("config")
+    return json.loads(saved) if saved else None
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -606,6 +635,22 @@ def load_pretrained(
         )
     config = _read_config(folder)
     tensors = _read_weights(folder)
+    saved_config = _config_in_weights(folder)
+    if saved_config is not None and saved_config != config.to_dict():
+        differ = sorted(k for k in saved_config if saved_config[k] != config.to_dict().get(k))
+        raise ValueError(
+            f"the weights in {folder} and its {CONFIG_NAME} do not match: {differ} differ from "
+            "the config saved with the weights. The two files come from different saves, or "
+            "config.json was edited; save the model again with save_pretrained."
+        )
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"{folder}: weight {name} has dtype {tensor.dtype}, not a float.")
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"{folder}: weight {name} holds NaN or infinite values; the model diverged or "
+                "the file is damaged. Retrain it or load an earlier checkpoint."
+            )
     model = model_class(config)
     expected = model.state_dict()
     if config.tie_embeddings:
