@@ -19,8 +19,6 @@ The export itself needs only torch and safetensors; `transformers` is imported b
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import tokenizers
@@ -29,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from chapters.ch02_tokenizer.tokenizer import EOT_ID, PAD_ID, SPECIAL_TOKENS, check_special_ids
 from chapters.ch04_blocks.model import LanguageModel, ModelConfig, RMSNorm
-from chapters.course import atomic_write
+from chapters.course import atomic_folder, atomic_write
 
 HF_WEIGHTS_NAME = "model.safetensors"
 HF_CONFIG_NAME = "config.json"
@@ -243,13 +241,15 @@ def export_to_hf(
     *,
     permute_rope: bool = True,
     dtype: torch.dtype = torch.float32,
+    overwrite: bool = False,
 ) -> Path:
     """Write a folder that `LlamaForCausalLM.from_pretrained(folder)` and
     `PreTrainedTokenizerFast.from_pretrained(folder)` load: config.json, generation_config.json,
     model.safetensors and the tokenizer files.
 
     The folder is built under a temporary name next to `folder` and renamed into place, so a
-    crash never leaves half an export; an existing export at `folder` is replaced.
+    crash never leaves half an export; an existing export at `folder` is replaced, any other
+    folder only with `overwrite=True` (a model folder of the course's is not an export).
     """
     check_exportable(model)
     if tokenizer.get_vocab_size() > model.config.vocab_size:
@@ -258,14 +258,9 @@ def export_to_hf(
             f"only {model.config.vocab_size}: they do not belong together."
         )
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    if folder.exists() and not (folder / HF_CONFIG_NAME).is_file():
-        raise FileExistsError(
-            f"{folder} exists and is not an earlier export (no {HF_CONFIG_NAME}); "
-            "choose an empty or new folder so that nothing of yours is replaced."
-        )
-    building = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    try:
+    with atomic_folder(
+        folder, writer=EXPORT_WRITER, legacy_files=EXPORT_FILES, overwrite=overwrite
+    ) as building:
         save_file(
             llama_state_dict(model, permute_rope=permute_rope, dtype=dtype),
             building / HF_WEIGHTS_NAME,
@@ -282,17 +277,21 @@ def export_to_hf(
         for name, text in files.items():
             with atomic_write(building / name) as file:
                 file.write(text)
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
-            os.replace(folder, old / folder.name)
-            os.replace(building, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(building, folder)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     return folder
+
+
+EXPORT_WRITER = "supplementary.hf_export"
+# what an export holds: an export written before folders carried a marker is recognised by it
+EXPORT_FILES = frozenset(
+    {
+        HF_WEIGHTS_NAME,
+        HF_CONFIG_NAME,
+        "generation_config.json",
+        TOKENIZER_NAME,
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    }
+)
 
 
 def load_exported(folder: str | Path) -> LanguageModel:

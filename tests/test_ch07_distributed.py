@@ -8,7 +8,7 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -280,3 +280,19 @@ def test_zero3_gathers_weights_again_for_every_microbatch():
     plain_four = communication_per_step(shape, ParallelLayout(data_parallel=8, n_microbatches=4))
     assert four["data_parallel"] == pytest.approx(4 * one["data_parallel"])
     assert plain_four["data_parallel"] == pytest.approx(one["data_parallel"] / 1.5)
+
+
+def test_consolidating_into_a_folder_of_the_users_deletes_nothing(tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps(asdict(ModelConfig())))
+    (checkpoint / "__0_0.distcp").write_bytes(b"shard")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        consolidate_checkpoint(checkpoint, mine)
+    with pytest.raises(ValueError, match="delete the shards"):
+        consolidate_checkpoint(checkpoint, checkpoint)
+    assert (mine / "notes.txt").read_text() == "precious"
+    assert (checkpoint / "__0_0.distcp").read_bytes() == b"shard"

@@ -21,6 +21,8 @@ import supplementary.hf_export as hf_export  # noqa: E402
 from chapters.ch02_tokenizer.tokenizer import train_course_tokenizer  # noqa: E402
 from chapters.ch03_attention.attention import apply_rotary  # noqa: E402
 from chapters.ch04_blocks.model import LanguageModel, ModelConfig, generate  # noqa: E402
+from chapters.ch06_pretraining.trainer import save_model_with_history  # noqa: E402
+from chapters.course import OUTPUT_MARKER  # noqa: E402
 from supplementary.hf_export import (  # noqa: E402
     UnsupportedForExport,
     export_to_hf,
@@ -207,9 +209,31 @@ def test_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path, tokenizer) ->
 def test_a_folder_that_is_not_an_export_is_never_replaced(tmp_path, tokenizer) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("precious")
-    with pytest.raises(FileExistsError, match="not an earlier export"):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
         export_to_hf(noisy_model(17), tokenizer, tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
+def test_a_saved_model_folder_is_not_mistaken_for_an_export(tmp_path, tokenizer) -> None:
+    model = noisy_model(20)
+    folder = save_model_with_history(model, tmp_path / "base")  # has a config.json too
+    (folder / "training_history.json").write_text("{}")
+    (folder / "notes.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="supplementary.hf_export did not write"):
+        export_to_hf(model, tokenizer, folder)
+    assert (folder / "notes.txt").read_text() == "precious"
+    assert (folder / "training_history.json").read_text() == "{}"
+
+
+def test_an_export_made_before_folders_carried_a_marker_is_replaced(
+    tmp_path, tokenizer, monkeypatch
+) -> None:
+    monkeypatch.setenv("LLM_COURSE_ARTIFACTS", str(tmp_path))
+    folder = export_to_hf(noisy_model(21), tokenizer, tmp_path / "hf_export" / "base")
+    (folder / OUTPUT_MARKER).unlink()
+    before = (folder / "model.safetensors").read_bytes()
+    export_to_hf(noisy_model(22), tokenizer, folder)
+    assert (folder / "model.safetensors").read_bytes() != before
 
 
 def test_a_failed_export_keeps_the_previous_export(tmp_path, tokenizer, monkeypatch) -> None:

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from chapters.ch04_blocks.model import LanguageModel, ModelConfig
 from chapters.ch06_pretraining.trainer import GetBatch, cross_entropy_loss, random_window_batches
-from chapters.course import REPO_ROOT, atomic_write
+from chapters.course import REPO_ROOT, atomic_folder, atomic_write, check_replaceable
 
 CHAPTER_FOLDER = REPO_ROOT / "chapters" / "ch07_distributed"
 LAUNCH_HINT = "torchrun --standalone --nproc_per_node=2 {script}"
@@ -382,12 +381,21 @@ def load_sharded_checkpoint(model: nn.Module, folder: str | Path) -> None:
     set_model_state_dict(model, state["model"])
 
 
-def consolidate_checkpoint(checkpoint_folder: str | Path, output_folder: str | Path) -> Path:
+def consolidate_checkpoint(
+    checkpoint_folder: str | Path, output_folder: str | Path, overwrite: bool = False
+) -> Path:
     """Turn a sharded checkpoint into the course's single-file format (safetensors + config.json).
 
-    Runs in one ordinary process: DCP reads every shard and places it into a whole model.
+    Runs in one ordinary process: DCP reads every shard and places it into a whole model. An
+    existing `output_folder` is replaced only if the course wrote it (or `overwrite=True`).
     """
     checkpoint_folder, output_folder = Path(checkpoint_folder), Path(output_folder)
+    if output_folder.resolve() == checkpoint_folder.resolve():
+        raise ValueError(
+            f"output_folder is the checkpoint folder {checkpoint_folder}: writing there would "
+            "delete the shards being read. Choose another output folder."
+        )
+    check_replaceable(output_folder, overwrite=overwrite)  # before the slow part
     config_file = checkpoint_folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(
@@ -400,13 +408,8 @@ def consolidate_checkpoint(checkpoint_folder: str | Path, output_folder: str | P
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single")
         dcp.load(state, checkpoint_id=checkpoint_folder, no_dist=True)
     model.load_state_dict(state["model"])
-    # write into a temporary folder next to the target, then rename: never half a model
-    output_folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output_folder.parent) as temporary:
-        model.save_pretrained(Path(temporary) / "model")
-        if output_folder.exists():
-            shutil.rmtree(output_folder)
-        os.replace(Path(temporary) / "model", output_folder)
+    with atomic_folder(output_folder, overwrite=overwrite) as temporary:  # never half a model
+        model.save_pretrained(temporary)
     return output_folder
 
 
