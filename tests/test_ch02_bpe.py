@@ -179,6 +179,22 @@ def test_save_and_load_round_trip(trained, tmp_path):
     assert loaded.encode(TRAINING_TEXT) == trained.encode(TRAINING_TEXT)
 
 
+@pytest.mark.parametrize("special_id", [104, 256, "duplicate"])
+def test_loading_a_special_id_that_collides_with_a_byte_or_a_merge_is_refused(
+    trained, tmp_path, special_id
+):
+    trained.save(tmp_path / "bpe.json")
+    state = json.loads((tmp_path / "bpe.json").read_text())
+    if special_id == "duplicate":
+        first, second, *_ = state["special_tokens"]
+        state["special_tokens"][second] = state["special_tokens"][first]
+    else:  # 104 is the byte "h": <|endoftext|> would then encode as h
+        state["special_tokens"]["<|endoftext|>"] = special_id
+    (tmp_path / "bpe.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="must be distinct and >="):
+        BPETokenizer.load(tmp_path / "bpe.json")
+
+
 def test_vocabulary_smaller_than_bytes_plus_specials_is_rejected():
     with pytest.raises(ValueError, match="too small"):
         BPETokenizer().train(

@@ -18,6 +18,7 @@ from chapters.ch02_tokenizer.tokenizer import (
     PAD_ID,
     SPECIAL_TOKENS,
     USER_ID,
+    decode_ids,
     ensure_token_shards,
     ensure_tokenizer,
     load_tokenizer,
@@ -88,6 +89,37 @@ def test_special_tokens_in_text_become_single_ids(small_tokenizer):
 def test_vocabulary_smaller_than_bytes_plus_specials_is_rejected():
     with pytest.raises(ValueError, match="too small"):
         train_course_tokenizer(["some text"], vocab_size=256 + len(SPECIAL_TOKENS) - 1)
+
+
+@pytest.mark.parametrize("texts", [[], [""]])
+def test_training_on_no_text_is_an_error(texts):
+    with pytest.raises(ValueError, match="got no text"):
+        train_course_tokenizer(texts, vocab_size=300)
+
+
+@pytest.mark.parametrize("bad_id", [4096, 10**6, -1])
+def test_decode_ids_refuses_ids_outside_the_vocabulary(small_tokenizer, bad_id):
+    assert small_tokenizer.decode([bad_id if bad_id >= 0 else 0]) in ("", "<|endoftext|>")
+    with pytest.raises(ValueError, match="outside this tokenizer's vocabulary"):
+        decode_ids(small_tokenizer, [5, bad_id])
+    ids = small_tokenizer.encode("def f(x):", add_special_tokens=False).ids
+    assert decode_ids(small_tokenizer, ids) == "def f(x):"
+
+
+def test_loading_a_tokenizer_with_a_vocabulary_the_course_cannot_use_is_refused(
+    small_tokenizer, tmp_path
+):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(small_tokenizer.to_str(), encoding="utf-8")
+    size = small_tokenizer.get_vocab_size()
+    assert load_tokenizer(path, vocab_size=size).get_vocab_size() == size
+    with pytest.raises(ValueError, match=f"vocabulary of {size} tokens, expected 4096"):
+        load_tokenizer(path, vocab_size=4096)
+    state = json.loads(path.read_text(encoding="utf-8"))
+    state["model"]["vocab"]["huge"] = 70_000  # an id beyond what the uint16 shards hold
+    path.write_text(json.dumps(state), encoding="utf-8")
+    with pytest.raises(ValueError, match="expected between 260 and 65536"):
+        load_tokenizer(path)
 
 
 def test_loading_a_missing_tokenizer_file_is_a_clear_error(tmp_path):

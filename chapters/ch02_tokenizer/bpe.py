@@ -272,6 +272,13 @@ class Tokenizer:
                 tokenizer.merges[(left, right)] = new_id
                 tokenizer.vocab[new_id] = tokenizer.vocab[left] + tokenizer.vocab[right]
             tokenizer.special_tokens = {str(t): int(i) for t, i in state["special_tokens"].items()}
+            ids = sorted(tokenizer.special_tokens.values())
+            # a special id inside the byte/merge range would make a token decode as other text
+            if any(i < len(tokenizer.vocab) for i in ids) or len(set(ids)) < len(ids):
+                raise ValueError(
+                    f"special ids {ids} must be distinct and >= {len(tokenizer.vocab)} (the bytes "
+                    "and merges use the ids below)"
+                )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(
                 f"{path} is not a valid tokenizer file ({error}). It may be truncated or from "

@@ -9,6 +9,7 @@ shards that pre-training reads.
     train_course_tokenizer(texts, vocab_size) -> tokenizers.Tokenizer
     ensure_tokenizer() -> tokenizers.Tokenizer        # artifacts/ch02/tokenizer.json
     load_tokenizer(path) -> tokenizers.Tokenizer      # clear errors for missing/corrupt files
+    decode_ids(tokenizer, ids) -> str                 # decode, refusing ids outside the vocabulary
     token_bytes(tokenizer) -> dict[int, bytes]        # the exact bytes behind every id
     ensure_token_shards() -> Path                     # train.bin, validation.bin, meta.json
     load_tokens(split) -> np.memmap                   # uint16, read-only
@@ -70,7 +71,19 @@ def train_course_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
         show_progress=False,
     )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    seen = {"characters": 0}
+
+    def counted(texts: Iterable[str]) -> Iterator[str]:
+        for text in texts:
+            seen["characters"] += len(text)
+            yield text
+
+    tokenizer.train_from_iterator(counted(texts), trainer=trainer)
+    if seen["characters"] == 0:
+        raise ValueError(
+            "train_course_tokenizer got no text: the iterable was empty (or held only empty "
+            "strings). Pass the documents to learn merges from, e.g. corpus_texts('train')."
+        )
     check_special_ids(tokenizer)
     return tokenizer
 
@@ -112,8 +125,10 @@ def tokenizer_path() -> Path:
     return artifacts_dir("ch02") / "tokenizer.json"
 
 
-def load_tokenizer(path: str | Path) -> tokenizers.Tokenizer:
-    """Load a `tokenizer.json`; clear errors for a missing or damaged file."""
+def load_tokenizer(path: str | Path, vocab_size: int | None = None) -> tokenizers.Tokenizer:
+    """Load a `tokenizer.json`; clear errors for a missing or damaged file, and for one whose
+    vocabulary does not fit the course (the special tokens, 256 bytes, uint16 shards) or is not
+    `vocab_size`, if given."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -127,7 +142,30 @@ def load_tokenizer(path: str | Path) -> tokenizers.Tokenizer:
             "incompatible version: delete it and run ensure_tokenizer() to train it again."
         ) from error
     check_special_ids(tokenizer)
+    size = max(tokenizer.get_vocab().values()) + 1  # ids run 0..size-1; the shards store them
+    smallest, largest = 256 + len(SPECIAL_TOKENS), 1 << 16
+    if not smallest <= size <= largest or (vocab_size is not None and size != vocab_size):
+        wanted = vocab_size if vocab_size is not None else f"between {smallest} and {largest}"
+        raise ValueError(
+            f"{path} has a vocabulary of {size} tokens, expected {wanted}. It is not the course "
+            "tokenizer: delete it and run ensure_tokenizer() to train it again."
+        )
     return tokenizer
+
+
+def decode_ids(
+    tokenizer: tokenizers.Tokenizer, ids: Iterable[int], skip_special_tokens: bool = True
+) -> str:
+    """`tokenizer.decode(ids)`, but an id outside the vocabulary is an error: the library
+    silently drops it (decode([4096]) is '')."""
+    ids = [int(i) for i in ids]
+    size = tokenizer.get_vocab_size()
+    if bad := [i for i in ids if not 0 <= i < size]:
+        raise ValueError(
+            f"token ids {bad[:5]} are outside this tokenizer's vocabulary [0, {size}); were they "
+            "produced by a model with a larger vocabulary?"
+        )
+    return tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
 def ensure_tokenizer() -> tokenizers.Tokenizer:
