@@ -18,7 +18,6 @@ The export itself needs only torch and safetensors; `transformers` is imported b
 """
 
 import json
-import os
 from pathlib import Path
 
 import tokenizers

@@ -18,7 +18,6 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
