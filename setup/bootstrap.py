@@ -2,6 +2,8 @@
 
     python3 setup/bootstrap.py course    # execute every notebook in chapter order
     python3 setup/bootstrap.py test      # run the unit tests and every notebook (nbval)
+    python3 setup/bootstrap.py student DIR   # write the classroom edition (core left to write)
+    python3 setup/bootstrap.py grade [chNN]  # in that copy: grade what the student wrote
 
 Both first make sure `.venv/` exists and holds exactly what `requirements.txt` pins, plus the
 course itself in editable mode (so that `from chapters.ch03_attention.attention import ...`
@@ -63,13 +65,17 @@ def main(argv: list[str]) -> int:
         "course": ["setup/run_course.py"],
         "test": ["-m", "pytest"],
         "check": ["setup/check_environment.py"],
+        "student": ["setup/classroom.py", "student"],  # see setup/classroom.py
+        "grade": ["setup/classroom.py", "grade"],
     }
     if not argv or argv[0] not in commands:
         print(__doc__)
         print(f"Choose one of: {', '.join(commands)}")
         return 2
     python = ensure_environment()
-    command = [str(python), *commands[argv[0]], *argv[1:]]
+    # a folder named on the command line is meant from where the command was typed
+    rest = [str(Path(argv[1]).resolve())] if argv[0] == "student" and argv[1:] else argv[1:]
+    command = [str(python), *commands[argv[0]], *rest]
     return subprocess.run(command, cwd=REPO_ROOT).returncode
 
 

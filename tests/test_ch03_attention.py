@@ -47,6 +47,14 @@ def _layer_pair(d_model: int = 48, n_heads: int = 4, theta: float = 10000.0):
 # --- naive_attention vs torch's scaled_dot_product_attention ------------------------------
 
 
+@pytest.mark.parametrize("queries, keys", [(1, 1), (5, 5), (3, 8), (1, 6)])
+def test_causal_mask_matches_torch_tril_aligned_to_the_last_key(queries: int, keys: int) -> None:
+    # query i sits at position keys - queries + i: it sees that key and every earlier one
+    expected = torch.ones(queries, keys, dtype=torch.bool).tril(diagonal=keys - queries)
+    assert torch.equal(causal_mask(queries, keys), expected)
+    assert torch.equal(causal_mask(keys), torch.ones(keys, keys, dtype=torch.bool).tril())
+
+
 def test_naive_attention_matches_sdpa_causal() -> None:
     q, k, v = (_random(3, 4, 17, 16) for _ in range(3))
     expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -1,6 +1,7 @@
 """Chapter 4 exercise checks: the reference solutions pass; stubs and wrong answers fail."""
 
 import dataclasses
+import runpy
 
 import pytest
 import torch
@@ -109,3 +110,18 @@ def test_sanity_reference_min_p_keeps_top_token():
     logits = torch.randn(4, 10)
     kept = ~torch.isinf(min_p_filter(logits, 1.0))
     assert kept.gather(1, logits.argmax(-1, keepdim=True)).all()
+
+
+def test_untie_accepts_a_model_class_defined_in_the_notebook():
+    # the main notebook runs the exported cells, so its LanguageModel is another class object
+    from chapters.ch04_blocks import model as module
+
+    notebook = runpy.run_path(module.__file__)
+
+    def untie_with_notebook_class(model):
+        config = dataclasses.replace(model.config, tie_embeddings=False)
+        untied = notebook["LanguageModel"](config)
+        untied.load_state_dict(model.state_dict())
+        return untied
+
+    exercises.check_untie_head(untie_with_notebook_class)

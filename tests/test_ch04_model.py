@@ -28,6 +28,14 @@ def fresh_seed() -> int:
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
 
 
+def test_rms_norm_reference_matches_torch_functional_rms_norm():
+    generator = torch.Generator().manual_seed(fresh_seed())
+    x = torch.randn(4, 7, 40, generator=generator) * 3
+    weight = torch.rand(40, generator=generator) + 0.5
+    expected = F.rms_norm(x, (40,), weight, eps=1e-6)
+    torch.testing.assert_close(rms_norm_reference(x, weight, 1e-6), expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rmsnorm_matches_torch_rmsnorm(dtype):
     generator = torch.Generator().manual_seed(fresh_seed())

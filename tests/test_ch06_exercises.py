@@ -79,12 +79,14 @@ def test_largest_stable_lr_that_returns_the_largest_candidate_fails():
 
 
 def synthetic_fit() -> IsoFLOPFit:
+    parabolas = [[0.5, -3.9, 9.6], [0.4, -3.3, 8.6]]
+    vertices = [-b / (2 * a) for a, b, _ in parabolas]  # log10 of each budget's optimal N
     return IsoFLOPFit(
         budgets=[1e10, 3e10],
-        optimal_params=[8000.0, 14000.0],
+        optimal_params=[10**x for x in vertices],
         optimal_tokens=[2e5, 3.5e5],
-        optimal_losses=[2.0, 1.8],
-        parabolas=[[0.5, -3.9, 9.6], [0.4, -3.3, 8.6]],
+        optimal_losses=[float(np.polyval(p, x)) for p, x in zip(parabolas, vertices, strict=True)],
+        parabolas=parabolas,
         params_exponent=0.5,
         params_coefficient=0.08,
         tokens_exponent=0.5,

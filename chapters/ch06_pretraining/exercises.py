@@ -3,6 +3,7 @@ is wrong; a stub's NotImplementedError passes through (check_exercise reports it
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -85,19 +86,6 @@ def stability_run(learning_rate: float) -> tuple[float, ...]:
     return tuple(losses)
 
 
-def _reference_is_stable(losses: Sequence[float]) -> bool:
-    return (
-        len(losses) == STABILITY_STEPS
-        and all(math.isfinite(x) for x in losses)
-        and float(np.mean(losses[-5:])) < losses[0]
-    )
-
-
-def _reference_largest_stable_lr(candidates: Sequence[float]) -> float | None:
-    stable = [lr for lr in candidates if _reference_is_stable(stability_run(lr))]
-    return max(stable) if stable else None
-
-
 LR_CANDIDATES = (1e-2, 1e-1, 1.0, 10.0)
 
 
@@ -106,46 +94,60 @@ def check_largest_stable_lr(
     largest_stable_lr: Callable[[Sequence[float]], float | None],
 ) -> None:
     """is_stable(losses) -> bool; largest_stable_lr(candidates) -> the largest stable rate."""
-    cases = {
-        "a run that improves": [5.0] * 5 + [4.0] * (STABILITY_STEPS - 5),
-        "a run that got worse": [5.0] * 5 + [6.0] * (STABILITY_STEPS - 5),
-        "a run with a NaN": [5.0] * 10 + [float("nan")] + [4.0] * (STABILITY_STEPS - 11),
-        "a run stopped early": [5.0, 4.0, 3.0],
+    cases = {  # name: (losses, stable?)
+        "a run that improves": ([5.0] * 5 + [4.0] * (STABILITY_STEPS - 5), True),
+        "a run that got worse": ([5.0] * 5 + [6.0] * (STABILITY_STEPS - 5), False),
+        "a run with a NaN": ([5.0] * 10 + [float("nan")] + [4.0] * (STABILITY_STEPS - 11), False),
+        "a run stopped early": ([5.0, 4.0, 3.0], False),
     }
-    for name, losses in cases.items():
-        if bool(is_stable(losses)) != _reference_is_stable(losses):
+    for name, (losses, stable) in cases.items():
+        if bool(is_stable(losses)) != stable:
             raise NotRightYet(
                 f"is_stable is wrong for {name}. Stable means: all {STABILITY_STEPS} steps ran, "
                 "every loss is finite, and the mean of the last 5 is below the first loss."
             )
-    expected = _reference_largest_stable_lr(LR_CANDIDATES)
+    # is_stable is right by now: the answer must be stable and every larger candidate not
     got = largest_stable_lr(LR_CANDIDATES)
-    if got != expected:
+    larger = [lr for lr in LR_CANDIDATES if got is None or lr > got]
+    if (got is not None and (got not in LR_CANDIDATES or not is_stable(stability_run(got)))) or any(
+        is_stable(stability_run(lr)) for lr in larger
+    ):
         raise NotRightYet(
-            f"largest_stable_lr{LR_CANDIDATES} returned {got}, expected {expected}. Run "
-            "stability_run(lr) for each candidate and keep the largest stable one."
+            f"largest_stable_lr{LR_CANDIDATES} returned {got}, which is not the largest stable "
+            "rate. Run stability_run(lr) for each candidate and keep the largest stable one."
         )
 
 
 # ---- 3. predicting a 2x larger model's loss ------------------------------------------------
 
 
-def reference_predicted_loss(fit, budget_index: int, params: float) -> float:
-    a, b, c = fit.parabolas[budget_index]
-    return float(np.polyval([a, b, c], math.log10(params)))
-
-
 def check_predicted_loss(predict_loss: Callable, fit) -> None:
     """predict_loss(fit, budget_index, params) -> the loss that budget's fitted parabola gives
     for a model of `params` parameters (trained with the same compute)."""
+    # on the student's fit: the parabola at a budget's optimum gives that budget's optimal loss
     for index in range(len(fit.budgets)):
-        for factor in (0.5, 1.0, 2.0):
-            params = fit.optimal_params[index] * factor
-            expected = reference_predicted_loss(fit, index, params)
-            got = float(predict_loss(fit, index, params))
+        got = float(predict_loss(fit, index, fit.optimal_params[index]))
+        if not math.isclose(got, fit.optimal_losses[index], rel_tol=1e-6, abs_tol=1e-9):
+            raise NotRightYet(
+                f"At budget {index}'s optimum N = {fit.optimal_params[index]:,.0f} you predict "
+                f"{got:.4f}, but the fit's optimal loss there is {fit.optimal_losses[index]:.4f}. "
+                "The parabola's variable is log10(N), and fit.parabolas[i] holds (a, b, c) of "
+                "a x^2 + b x + c."
+            )
+    # on parabolas in vertex form a (x - x0)^2 + L0, whose values are known in closed form
+    vertices = [(0.5 + i, 6.0 + i, 3.0 - 0.1 * i) for i in range(len(fit.budgets))]
+    synthetic = dataclasses.replace(
+        fit,
+        parabolas=[[a, -2 * a * x0, a * x0**2 + low] for a, x0, low in vertices],
+        optimal_params=[10**x0 for _, x0, _ in vertices],
+        optimal_losses=[low for _, _, low in vertices],
+    )
+    for index, (a, x0, low) in enumerate(vertices):
+        for factor in (0.5, 2.0, 10.0):
+            expected = low + a * math.log10(factor) ** 2
+            got = float(predict_loss(synthetic, index, 10**x0 * factor))
             if not math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-9):
                 raise NotRightYet(
-                    f"For budget {index} and N = {params:,.0f} you predict {got:.4f}, the fitted "
-                    f"parabola gives {expected:.4f}. The parabola's variable is log10(N), and "
-                    "fit.parabolas[i] holds (a, b, c) of a x^2 + b x + c."
+                    f"For the parabola {a:g} (x - {x0:g})^2 + {low:g} in x = log10(N) and "
+                    f"N = {10**x0 * factor:,.0f} you predict {got:.4f}, not {expected:.4f}."
                 )

@@ -108,16 +108,6 @@ def check_gradient_accumulation(accumulate_and_step: Callable) -> None:
             )
 
 
-def reference_accumulate_and_step(model, optimizer, micro_batches) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    for index, (inputs, labels) in enumerate(micro_batches):
-        is_last = index == len(micro_batches) - 1
-        with contextlib.nullcontext() if is_last else model.no_sync():
-            loss = language_model_loss(model(inputs), labels) / len(micro_batches)
-            loss.backward()
-    optimizer.step()
-
-
 # ---------------------------------------------------------------------------------------
 # Exercise 2: the largest model that fits with ZeRO-3
 # ---------------------------------------------------------------------------------------
@@ -145,10 +135,6 @@ def check_largest_model_zero3(largest_model: Callable[[int, float, float], float
                 "leave room for more: a 2% larger model still fits. Solve "
                 "16 * params / n_gpus + activations = gpu_bytes for params."
             )
-
-
-def reference_largest_model_zero3(n_gpus: int, gpu_bytes: float, activation_bytes: float) -> float:
-    return (gpu_bytes - activation_bytes) * n_gpus / 16
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,21 +192,6 @@ def check_activation_checkpointing(apply_checkpointing: Callable[[nn.Module], nn
         )
 
 
-class CheckpointedBlock(nn.Module):
-    def __init__(self, block: nn.Module):
-        super().__init__()
-        self.block = block
-
-    def forward(self, *args, **kwargs):
-        return torch.utils.checkpoint.checkpoint(self.block, *args, use_reentrant=False, **kwargs)
-
-
-def reference_apply_checkpointing(model: nn.Module) -> nn.Module:
-    for index, block in enumerate(model.blocks):
-        model.blocks[index] = CheckpointedBlock(block)
-    return model
-
-
 # ---------------------------------------------------------------------------------------
 # Exercise 4: how many micro-batches hide the pipeline bubble
 # ---------------------------------------------------------------------------------------
@@ -244,8 +215,3 @@ def check_microbatches_for_bubble(microbatches_needed: Callable[[int, float], in
                 f"{answer - 1} micro-batches already keep the bubble of {n_stages} "
                 f"stages under {max_bubble:.0%}: find the smallest number."
             )
-
-
-def reference_microbatches_needed(n_stages: int, max_bubble: float) -> int:
-    # (p - 1) / (m + p - 1) <= f  <=>  m >= (p - 1) (1 - f) / f
-    return max(1, math.ceil((n_stages - 1) * (1 - max_bubble) / max_bubble - 1e-9))
