@@ -414,3 +414,114 @@ def test_own_answer_pairs_put_every_right_sample_over_every_wrong_one(monkeypatc
     # the unfinished " 5" is wrong, but as text it equals the right answer: no pair from it
     assert sorted((p.chosen, p.rejected) for p in pairs) == [(" 5", " 6"), (" 5", " 7")]
     assert all(check_answer(record.task, p.chosen) for p in pairs)
+
+
+# ----- RL with the checker -------------------------------------------------------------------
+
+
+def test_sample_groups_of_one_prompt_are_sample_responses():
+    model, tokenizer = tiny_model(), CharTokenizer()
+    one = al.sample_responses(model, tokenizer, "q?", 4, 6, 1.0, torch.Generator().manual_seed(3))
+    groups = al.sample_groups(model, tokenizer, ["q?"], 4, 6, 1.0, torch.Generator().manual_seed(3))
+    assert [s.token_ids for s in one] == [s.token_ids for s in groups[0]]
+
+
+def test_sample_groups_answer_each_prompt_in_order_whatever_its_length():
+    model, tokenizer = tiny_model(), CharTokenizer()
+    prompts = ["a?", "longer prompt?", "b?", "mid one?"]
+    groups = al.sample_groups(model, tokenizer, prompts, 3, 5, 0.0)
+    assert [len(group) for group in groups] == [3, 3, 3, 3]
+    for prompt, group in zip(prompts, groups, strict=True):
+        expected = [USER_ID, *tokenizer.encode(prompt).ids, ASSISTANT_ID]
+        for sample in group:
+            assert sample.token_ids[: sample.response_start] == expected
+    # greedy answers do not depend on which other prompts share the call
+    alone = al.sample_groups(model, tokenizer, ["longer prompt?"], 1, 5, 0.0)[0][0]
+    assert alone.token_ids == groups[1][0].token_ids
+
+
+def test_the_chapters_checker_reward_needs_a_right_answer_that_stopped():
+    tokenizer = ExactCharTokenizer()
+    records = [_sum_record(1, 2), _sum_record(4, 4)]
+    groups = [
+        [_answer(tokenizer, "What is 1 + 2?", " 3"), _answer(tokenizer, "What is 1 + 2?", " 8")],
+        [_answer(tokenizer, "What is 4 + 4?", " 8"), _answer(tokenizer, "x", " 8", False)],
+    ]
+    assert al.checker_reward(tokenizer)(records, groups).tolist() == [[1.0, 0.0], [1.0, 0.0]]
+
+
+def test_fresh_training_tasks_never_use_a_held_out_template_or_value():
+    from chapters.ch08_sft.sft import TASK_FAMILIES, is_held_out
+
+    rng = random.Random(0)
+    tasks = [al.fresh_training_task(rng) for _ in range(300)]
+    assert {task.source for task in tasks} == set(TASK_FAMILIES)
+    for task in tasks:
+        family = TASK_FAMILIES[task.source]
+        assert not is_held_out(task.task["values"])
+        assert family.held_out_template.format(**task.task["values"]) != task.prompt
+        assert check_answer(task.task, task.response)
+    only = {al.fresh_training_task(rng, ["add_digits"]).source for _ in range(20)}
+    assert only == {"add_digits"}
+
+
+def test_grpo_skips_and_counts_groups_whose_answers_all_score_the_same():
+    policy, tokenizer = tiny_model(), CharTokenizer()
+    before = [p.detach().clone() for p in policy.parameters()]
+    constant = lambda records, groups: torch.ones(len(groups), len(groups[0]))  # noqa: E731
+    history = al.train_grpo(
+        policy,
+        al.frozen_copy(policy),
+        constant,
+        tokenizer,
+        lambda rng: _sum_record(rng.randrange(10), 1),
+        al.GRPOConfig(steps=2, prompts_per_step=3, group_size=4, max_new_tokens=3, kl_coef=0.0),
+        show_progress=False,
+    )
+    assert [row["skipped_groups"] for row in history] == [3, 3]
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
+
+
+def test_grpo_with_the_checker_moves_the_policy_when_a_group_disagrees():
+    policy, tokenizer = tiny_model(), CharTokenizer()
+    before = [p.detach().clone() for p in policy.parameters()]
+    first = lambda records, groups: torch.tensor(  # noqa: E731
+        [[1.0] + [0.0] * (len(g) - 1) for g in groups]
+    )
+    history = al.train_grpo(
+        policy,
+        al.frozen_copy(policy),
+        first,
+        tokenizer,
+        lambda rng: _sum_record(rng.randrange(10), 1),
+        al.GRPOConfig(steps=1, prompts_per_step=2, group_size=4, max_new_tokens=3, kl_coef=0.01),
+        show_progress=False,
+    )
+    assert history[0]["skipped_groups"] == 0
+    assert not all(torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
+
+
+def test_expert_iteration_fine_tunes_on_verified_answers_only(monkeypatch):
+    from chapters.ch08_sft.sft import sft_training_config
+
+    tokenizer = ExactCharTokenizer()
+    record = _sum_record(2, 3)
+    texts = [(" 5", True), (" 5", True), (" 6", True), (" 5", False)]
+    samples = [_answer(tokenizer, record.prompt, text, done) for text, done in texts]
+    monkeypatch.setattr(
+        al, "sample_groups", lambda model, tok, prompts, *a, **k: [samples] * len(prompts)
+    )
+    seen = {}
+    monkeypatch.setattr(
+        al, "finetune", lambda model, examples, config, **kw: seen.setdefault("examples", examples)
+    )
+    _, counts = al.expert_iteration(
+        tiny_model(vocab_size=140),
+        tokenizer,
+        lambda rng: record,
+        3,
+        4,
+        sft_training_config(steps=1, warmup_steps=0),
+    )
+    assert counts == {"prompts": 3, "samples": 12, "kept": 1, "solved": 3}
+    assert [e.token_ids for e in seen["examples"]] == [samples[0].token_ids]
