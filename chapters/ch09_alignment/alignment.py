@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chapters.ch02_tokenizer.tokenizer import ASSISTANT_ID, EOT_ID, PAD_ID, USER_ID
-from chapters.ch04_blocks.model import LanguageModel, generate
+from chapters.ch02_tokenizer.tokenizer import EOT_ID, PAD_ID
+from chapters.ch04_blocks.model import LanguageModel
 from chapters.ch06_pretraining.trainer import (
     TrainingConfig,
     TrainingHistory,
@@ -45,6 +45,8 @@ from chapters.ch08_sft.sft import (
     collate,
     encode_example,
     finetune,
+    response_text,
+    sample_groups,
 )
 from chapters.course import artifacts_dir, atomic_folder, atomic_write
 
@@ -103,56 +105,6 @@ def constructed_negatives(
     ]
 
 
-def _prompt_ids(model: LanguageModel, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
-    """`<|user|>` prompt `<|assistant|>`, left-truncated as chapter 8 does (keeping the template
-    tokens) so that `max_new_tokens` more still fit in the context."""
-    prompt_ids = [USER_ID, *tokenizer.encode(prompt, add_special_tokens=False).ids, ASSISTANT_ID]
-    room = model.config.context_length - max_new_tokens
-    if len(prompt_ids) > room:
-        prompt_ids = [USER_ID, *prompt_ids[-(room - 1) :]]
-    return prompt_ids
-
-
-@torch.no_grad()
-def sample_groups(
-    model: LanguageModel,
-    tokenizer,
-    prompts: Sequence[str],
-    count: int,
-    max_new_tokens: int = 16,
-    temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> list[list[EncodedExample]]:
-    """`count` sampled answers to each prompt, each as token ids `<|user|>` prompt
-    `<|assistant|>` response, ending with `<|endoftext|>` when the model stopped by itself.
-
-    Prompts of the same length in tokens share one `generate` call (no padding needed): on a
-    CPU one call for 64 rows costs about what one call for 8 does. Groups come back in the
-    order of `prompts`."""
-    device = next(model.parameters()).device
-    encoded = [_prompt_ids(model, tokenizer, prompt, max_new_tokens) for prompt in prompts]
-    by_length: dict[int, list[int]] = {}
-    for index, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(index)
-    groups: list[list[EncodedExample]] = [[] for _ in prompts]
-    for length, indices in by_length.items():
-        rows = [index for index in indices for _ in range(count)]
-        start = torch.tensor([encoded[index] for index in rows], device=device)  # (R, T0)
-        tokens = generate(
-            model,
-            start,
-            max_new_tokens,
-            temperature=temperature,
-            generator=generator,
-            stop_token_id=EOT_ID,
-        )  # (R, T0 + new)
-        for index, row in zip(rows, tokens[:, length:].tolist(), strict=True):
-            if EOT_ID in row:
-                row = row[: row.index(EOT_ID) + 1]  # keep the end token: stopping is part of it
-            groups[index].append(EncodedExample(encoded[index] + row, length))
-    return groups
-
-
 def sample_responses(
     model: LanguageModel,
     tokenizer,
@@ -166,12 +118,6 @@ def sample_responses(
     return sample_groups(model, tokenizer, [prompt], count, max_new_tokens, temperature, generator)[
         0
     ]
-
-
-def response_text(tokenizer, example: EncodedExample) -> str:
-    """The decoded response of an encoded example, without the end token."""
-    ids = [token for token in example.token_ids[example.response_start :] if token != EOT_ID]
-    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def is_terminated(example: EncodedExample) -> bool:
@@ -222,11 +168,24 @@ def build_preference_pairs(
         )
         report.made[kind] = report.made.get(kind, 0) + 1
 
+    sampled = [r for r in checkable if r.split == "train"] if model is not None else []
+    groups = (
+        sample_groups(
+            model,
+            tokenizer,
+            [r.prompt for r in sampled],
+            samples_per_prompt,
+            max_new_tokens,
+            1.0,
+            generator,
+        )
+        if sampled
+        else []
+    )
+    samples_of = {id(record): group for record, group in zip(sampled, groups, strict=True)}
     for record in tqdm(checkable, desc="preference pairs", disable=not show_progress):
-        if model is not None and record.split == "train":
-            for sample in sample_responses(
-                model, tokenizer, record.prompt, samples_per_prompt, max_new_tokens, 1.0, generator
-            ):
+        if id(record) in samples_of:
+            for sample in samples_of[id(record)]:
                 text = response_text(tokenizer, sample)
                 if not is_terminated(sample):
                     report.samples_unterminated += 1
@@ -240,9 +199,14 @@ def build_preference_pairs(
     return pairs, report
 
 
-def preference_records(split: str, per_family: int | None = None) -> list[SFTRecord]:
+PAIR_PROMPTS_PER_FAMILY = 250  # of chapter 8's 500 training tasks per family: DPO's budget
+
+
+def preference_records(
+    split: str, per_family: int | None = PAIR_PROMPTS_PER_FAMILY
+) -> list[SFTRecord]:
     """Chapter 8's checkable records of one split ("train" or "heldout"), family by family;
-    only the first `per_family` of each family when it is given."""
+    only the first `per_family` of each family (None: all of them)."""
     from chapters.ch08_sft.sft import load_sft_records
 
     by_family: dict[str, list[SFTRecord]] = {}
@@ -908,6 +872,20 @@ def expert_iteration(
     return history, counts
 
 
+CHECKER_GRPO = GRPOConfig(  # the chapter's RL run with the checker as reward
+    steps=120,
+    prompts_per_step=8,
+    group_size=8,
+    ppo_epochs=1,
+    kl_coef=0.0,
+    learning_rate=3e-4,
+    max_new_tokens=10,
+    log_interval=20,
+)
+# expert iteration fine-tunes on its kept answers at GRPO's rate (chapter 8's finetune)
+EXPERT_ITERATION_TRAINING = {"steps": 100, "learning_rate": 3e-4, "min_lr": 3e-5}
+
+
 @torch.no_grad()
 def greedy_answers(
     model: LanguageModel, tokenizer, records: Sequence[SFTRecord], max_new_tokens: int = 10
@@ -939,6 +917,25 @@ def sampled_answers(
         generator,
     )
     return [response_text(tokenizer, sample) for group in groups for sample in group]
+
+
+def paired_bootstrap(
+    scores: Sequence[float], baseline: Sequence[float], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean of scores - baseline, low, high): a 95% percentile bootstrap over prompts of the
+    paired difference (both lists score the same prompts, in the same order)."""
+    if len(scores) != len(baseline) or not scores:
+        raise ValueError(
+            f"need paired scores of the same prompts; got {len(scores)} and {len(baseline)}"
+        )
+    difference = torch.tensor(scores, dtype=torch.float64) - torch.tensor(
+        baseline, dtype=torch.float64
+    )
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(difference), (resamples, len(difference)), generator=generator)
+    means = difference[picks].mean(dim=1)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return difference.mean().item(), low.item(), high.item()
 
 
 def compare_to_sft(
@@ -1065,4 +1062,41 @@ def ensure_rlhf_model() -> LanguageModel:
             policy, frozen_copy(policy), reward_model, ensure_tokenizer(), prompts, CHAPTER_GRPO
         )
         _save_model_folder("rlhf", policy.save_pretrained)
+    return LanguageModel.from_pretrained(folder)
+
+
+def ensure_rl_checker_model() -> LanguageModel:
+    """The model of GRPO with the checker as reward, from artifacts_dir("ch09")/"rl_checker",
+    trained from the SFT model with `CHECKER_GRPO` first if missing."""
+    from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer
+    from chapters.ch08_sft.sft import ensure_sft_model
+
+    folder = artifacts_dir("ch09") / "rl_checker"
+    if not (folder / "model.safetensors").is_file():
+        print("No checker-RL model in the artifacts yet: training it.")
+        tokenizer, policy = ensure_tokenizer(), ensure_sft_model()
+        reward = checker_reward(tokenizer)
+        train_grpo(
+            policy, frozen_copy(policy), reward, tokenizer, fresh_training_task, CHECKER_GRPO
+        )
+        _save_model_folder("rl_checker", policy.save_pretrained)
+    return LanguageModel.from_pretrained(folder)
+
+
+def ensure_expert_iteration_model() -> LanguageModel:
+    """The expert-iteration model from artifacts_dir("ch09")/"expert_iteration", trained from
+    the SFT model on as many sampled answers as `CHECKER_GRPO` sees, first if missing."""
+    from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer
+    from chapters.ch08_sft.sft import ensure_sft_model, sft_training_config
+
+    folder = artifacts_dir("ch09") / "expert_iteration"
+    if not (folder / "model.safetensors").is_file():
+        print("No expert-iteration model in the artifacts yet: training it.")
+        tokenizer, policy = ensure_tokenizer(), ensure_sft_model()
+        prompts = CHECKER_GRPO.steps * CHECKER_GRPO.prompts_per_step
+        config = sft_training_config(**EXPERT_ITERATION_TRAINING)
+        expert_iteration(
+            policy, tokenizer, fresh_training_task, prompts, CHECKER_GRPO.group_size, config
+        )
+        _save_model_folder("expert_iteration", policy.save_pretrained)
     return LanguageModel.from_pretrained(folder)
