@@ -4,13 +4,15 @@
 
 """Chapter 10: evaluating every checkpoint of the course on one suite, as harnesses do.
 
-The story, top to bottom: the checkpoints to compare (one list entry each) and a check that
+The story, top to bottom: the checkpoints to compare (one dict entry each) and a check that
 they speak the course tokenizer; perplexity and bits per byte on held-out text; multiple-choice
-items scored by log-likelihood (raw and length-normalised), read from and written to JSONL
-with every bad item named; generative tasks (exact match on chapter 8's held-out tasks,
-syntax validity of generated code, pass@k with the unbiased estimator); a contamination check
-against the training split with chapter 1's shingles; bootstrap confidence intervals and
-paired differences; and a report (markdown table plus figures) written atomically.
+items (code from held-out files, and chapter 8's held-out tasks in the chat format) scored by
+log-likelihood with the context/continuation boundary tokenized as lm-evaluation-harness does,
+read from and written to JSONL with every bad item named; generative tasks (exact match on
+chapter 8's held-out tasks, syntax validity of generated code, pass@k with the unbiased
+estimator); a contamination check against the training split with chapter 1's shingles;
+bootstrap intervals, paired differences with p-values and Holm-Bonferroni; and a report
+(markdown tables plus figures) written atomically.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import io
 import json
 import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,14 +51,26 @@ class Checkpoint:
     loader: str
 
 
-# Adding a model to the report is one entry here. A checkpoint whose chapter has not been
-# written yet (its module or function is missing) is listed as unavailable, not an error.
-CHECKPOINTS: tuple[Checkpoint, ...] = (
-    Checkpoint("base", "chapters.ch06_pretraining.trainer", "ensure_base_model"),
-    Checkpoint("sft", "chapters.ch08_sft.sft", "ensure_sft_model"),
-    Checkpoint("dpo", "chapters.ch09_alignment.alignment", "ensure_dpo_model"),
-    Checkpoint("rlhf", "chapters.ch09_alignment.alignment", "ensure_rlhf_model"),
-)
+# The models the report compares, name -> "module:ensure_function". Adding a model is one
+# line; one whose chapter or function does not exist yet is listed as unavailable, not an error.
+CHECKPOINTS: dict[str, str] = {
+    "base": "chapters.ch06_pretraining.trainer:ensure_base_model",
+    "sft": "chapters.ch08_sft.sft:ensure_sft_model",
+    "dpo": "chapters.ch09_alignment.alignment:ensure_dpo_model",
+    "rlhf": "chapters.ch09_alignment.alignment:ensure_rlhf_model",
+    "RL (checker)": "chapters.ch09_alignment.alignment:ensure_rl_checker_model",
+}
+
+
+def parse_checkpoints(checkpoints: Mapping[str, str]) -> list[Checkpoint]:
+    """`{name: "module:function"}` as `Checkpoint`s, in the dict's order."""
+    parsed = []
+    for name, spec in checkpoints.items():
+        module, _, loader = spec.partition(":")
+        if not module or not loader:
+            raise EvaluationError(f"checkpoint {name!r}: {spec!r} is not 'module:function'")
+        parsed.append(Checkpoint(name, module, loader))
+    return parsed
 
 
 def checkpoint_loader(checkpoint: Checkpoint) -> tuple[Callable[[], torch.nn.Module] | None, str]:
@@ -80,11 +94,11 @@ def checkpoint_loader(checkpoint: Checkpoint) -> tuple[Callable[[], torch.nn.Mod
 
 
 def available_checkpoints(
-    checkpoints: Sequence[Checkpoint] = CHECKPOINTS,
+    checkpoints: Mapping[str, str] = CHECKPOINTS,
 ) -> tuple[list[Checkpoint], list[tuple[Checkpoint, str]]]:
     """(checkpoints that can be loaded, [(checkpoint, why not) for the others])."""
     present, missing = [], []
-    for checkpoint in checkpoints:
+    for checkpoint in parse_checkpoints(checkpoints):
         loader, reason = checkpoint_loader(checkpoint)
         if loader is None:
             missing.append((checkpoint, reason))
@@ -94,7 +108,7 @@ def available_checkpoints(
 
 
 def load_checkpoints(
-    tokenizer, checkpoints: Sequence[Checkpoint] = CHECKPOINTS
+    tokenizer, checkpoints: Mapping[str, str] = CHECKPOINTS
 ) -> tuple[dict[str, torch.nn.Module], list[tuple[Checkpoint, str]]]:
     """({name: model in eval mode}, [(checkpoint, why not) for those that cannot be loaded]).
 
@@ -102,7 +116,7 @@ def load_checkpoints(
     fatal. A model trained with another tokenizer is fatal: it is a wrong input, not a gap.
     """
     models, missing = {}, []
-    for checkpoint in checkpoints:
+    for checkpoint in parse_checkpoints(checkpoints):
         loader, reason = checkpoint_loader(checkpoint)
         if loader is None:
             missing.append((checkpoint, reason))
@@ -201,26 +215,39 @@ def document_nll(model: torch.nn.Module, token_ids: Sequence[int]) -> float:
     return total
 
 
-def held_out_score(
+def held_out_scores(
     model: torch.nn.Module,
     tokenizer,
     documents: Iterable[CleanDocument],
     max_tokens: int = 40_000,
-) -> HeldOutScore:
-    """NLL of held-out documents, each starting after `<|endoftext|>` as in training, until
-    about `max_tokens` tokens are scored. Bytes count the UTF-8 text of the same documents."""
+) -> list[HeldOutScore]:
+    """One score per held-out document, each starting after `<|endoftext|>` as in training,
+    until about `max_tokens` tokens are scored. Bytes count the document's UTF-8 text.
+    Per-document scores let the bootstrap resample documents, as it resamples items."""
     model.eval()
-    score = HeldOutScore(0.0, 0, 0)
+    scores = []
     for document in documents:
         ids = [EOT_ID, *tokenizer.encode(document.text, add_special_tokens=False).ids]
-        score.nll += document_nll(model, ids)
-        score.tokens += len(ids) - 1
-        score.bytes += len(document.text.encode("utf-8"))
-        if score.tokens >= max_tokens:
+        scores.append(
+            HeldOutScore(document_nll(model, ids), len(ids) - 1, len(document.text.encode()))
+        )
+        if sum(score.tokens for score in scores) >= max_tokens:
             break
-    if score.tokens == 0:
+    if sum(score.tokens for score in scores) == 0:
         raise EvaluationError("no held-out tokens were scored: the documents were empty")
-    return score
+    return scores
+
+
+def total_score(scores: Iterable[HeldOutScore]) -> HeldOutScore:
+    """The documents' scores added up: bits per byte of all their text together."""
+    total = HeldOutScore(0.0, 0, 0)
+    for score in scores:
+        total.nll, total.tokens, total.bytes = (
+            total.nll + score.nll,
+            total.tokens + score.tokens,
+            total.bytes + score.bytes,
+        )
+    return total
 
 
 @dataclass
@@ -399,6 +426,54 @@ def docstring_items(
     return items
 
 
+def task_choice_items(records: Sequence, seed: int = 0) -> list[MultipleChoiceItem]:
+    """Multiple choice on chapter 8's checkable tasks, in the chat format the fine-tuned
+    models were trained with: the right response against three the checker rejects (another
+    task's answer, the answer with a stray period, the answer said twice). Every choice ends
+    in `<|endoftext|>`, so a model is also scored on stopping. Chance is 1/4."""
+    from chapters.ch08_sft.sft import EOT_TOKEN, check_answer, format_prompt
+
+    rng = random.Random(seed)
+    items: list[MultipleChoiceItem] = []
+    for record in records:
+        right = record.response
+        others = [r.response for r in records if r.source == record.source]
+        rejected = [a for a in others if not check_answer(record.task, a)]
+        if not rejected:
+            continue
+        wrong = [rng.choice(rejected), right.rstrip() + ".", f"{right} {right.strip()}"]
+        if any(check_answer(record.task, w) for w in wrong) or len({right, *wrong}) < 4:
+            continue  # a distractor the checker accepts would make the item ambiguous
+        choices, answer = _shuffled_choices(right + EOT_TOKEN, [w + EOT_TOKEN for w in wrong], rng)
+        context = format_prompt(record.prompt)
+        items.append(
+            MultipleChoiceItem(f"task-{len(items)}", "task choice", context, choices, answer)
+        )
+    return items
+
+
+def move_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
+    """(context without its trailing whitespace, that whitespace + continuation).
+
+    BPE merges a newline with the indentation after it ("\\n    " is one token), so a context
+    that ends in whitespace ends in a token the model would never see before that text. As
+    lm-evaluation-harness does, the whitespace moves into the continuation, where the
+    tokenizer can merge it with what follows.
+    """
+    stripped = context.rstrip()
+    return stripped, context[len(stripped) :] + continuation
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as lm-evaluation-harness encodes them: the trailing
+    whitespace moved over, the two encoded *together*, the continuation being the tokens
+    after the context's own encoding, so the boundary is tokenized as in running text."""
+    context, continuation = move_trailing_whitespace(context, continuation)
+    context_ids = tokenizer.encode(context, add_special_tokens=False).ids
+    whole_ids = tokenizer.encode(context + continuation, add_special_tokens=False).ids
+    return context_ids, whole_ids[len(context_ids) :]
+
+
 @torch.no_grad()
 def continuation_logprobs(
     model: torch.nn.Module, context_ids: Sequence[int], continuations: Sequence[Sequence[int]]
@@ -430,8 +505,9 @@ def continuation_logprobs(
 
 
 def choose(loglikelihoods: Sequence[float], byte_lengths: Sequence[int], normalised: bool) -> int:
-    """Index of the best choice: highest log-likelihood, or highest per byte of the choice
-    (lm-evaluation-harness's `acc_norm`), which stops long choices from losing by length."""
+    """Index of the best choice: highest log-likelihood, or highest per byte of the choice,
+    which stops long choices from losing by length (lm-evaluation-harness's `acc_norm`
+    divides by characters; for ASCII code the two are the same)."""
     if normalised:
         scores = [ll / n for ll, n in zip(loglikelihoods, byte_lengths, strict=True)]
     else:
@@ -441,13 +517,14 @@ def choose(loglikelihoods: Sequence[float], byte_lengths: Sequence[int], normali
 
 def score_multiple_choice(model, tokenizer, items: Sequence[MultipleChoiceItem]) -> list[dict]:
     """One row per item: its task, the log-likelihoods and whether the raw and the
-    length-normalised choice is right."""
+    length-normalised choice is right. Context and choice are encoded together
+    (`encode_pair`), so the boundary between them is tokenized as in running text."""
     model.eval()
     rows = []
     for item in items:
-        context_ids = [EOT_ID, *tokenizer.encode(item.context, add_special_tokens=False).ids]
-        continuations = [tokenizer.encode(c, add_special_tokens=False).ids for c in item.choices]
-        loglikelihoods = continuation_logprobs(model, context_ids, continuations)
+        pairs = [encode_pair(tokenizer, item.context, choice) for choice in item.choices]
+        context_ids = [EOT_ID, *pairs[0][0]]  # the same for every choice
+        loglikelihoods = continuation_logprobs(model, context_ids, [ids for _, ids in pairs])
         lengths = [len(c.encode("utf-8")) for c in item.choices]
         rows.append(
             {
@@ -472,34 +549,48 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 @torch.no_grad()
-def sample_responses(
+def chat_responses(
     model,
     tokenizer,
-    prompt: str,
-    n: int,
+    prompts: Sequence[str],
+    n: int = 1,
     max_new_tokens: int = 24,
-    temperature: float = 0.8,
+    temperature: float = 0.0,
     seed: int = 0,
-) -> list[str]:
-    """`n` sampled answers to a chat prompt (one batch), each cut at `<|endoftext|>`."""
-    from chapters.ch04_blocks.model import generate
-    from chapters.ch08_sft.sft import format_prompt
+) -> list[list[str]]:
+    """`n` answers to each chat prompt (greedy at temperature 0), each cut at `<|endoftext|>`.
 
-    ids = tokenizer.encode(format_prompt(prompt), add_special_tokens=False).ids
-    ids = ids[-(model.config.context_length - max_new_tokens) :]
+    The prompt is built as chapter 8's `greedy_response` builds it. Chapter 4's `generate`
+    takes no padding, so prompts that encode to the same length go through as one batch: the
+    held-out tasks share one template per family, so a few hundred prompts need a few dozen
+    calls instead of one each.
+    """
+    from chapters.ch02_tokenizer.tokenizer import ASSISTANT_ID, USER_ID
+    from chapters.ch04_blocks.model import generate
+
+    room = model.config.context_length - max_new_tokens - 2  # keep the template tokens
+    encoded = [
+        [USER_ID, *tokenizer.encode(p, add_special_tokens=False).ids[-room:], ASSISTANT_ID]
+        for p in prompts
+    ]
+    by_length: dict[int, list[int]] = {}
+    for index, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(index)
     generator = torch.Generator().manual_seed(seed)
-    out = generate(
-        model,
-        torch.tensor([ids] * n),
-        max_new_tokens,
-        temperature=temperature,
-        generator=generator,
-        stop_token_id=EOT_ID,
-    )
-    answers = []
-    for row in out[:, len(ids) :].tolist():
-        row = row[: row.index(EOT_ID)] if EOT_ID in row else row
-        answers.append(tokenizer.decode(row, skip_special_tokens=True))
+    answers: list[list[str]] = [[] for _ in prompts]
+    for length, indices in by_length.items():
+        rows = [i for i in indices for _ in range(n)]
+        out = generate(
+            model,
+            torch.tensor([encoded[i] for i in rows]),
+            max_new_tokens,
+            temperature=temperature,
+            generator=generator,
+            stop_token_id=EOT_ID,
+        )
+        for i, new in zip(rows, out[:, length:].tolist(), strict=True):
+            new = new[: new.index(EOT_ID)] if EOT_ID in new else new
+            answers[i].append(tokenizer.decode(new, skip_special_tokens=True))
     return answers
 
 
@@ -512,15 +603,16 @@ def evaluate_checkable_tasks(
     seed: int = 0,
 ) -> list[dict]:
     """Chapter 8's held-out tasks: greedy exact match, and pass@k from `n_samples` samples."""
-    from chapters.ch08_sft.sft import check_answer, greedy_response
+    from chapters.ch08_sft.sft import check_answer
 
+    prompts = [record.prompt for record in records]
+    greedy = chat_responses(model, tokenizer, prompts)
+    samples = chat_responses(model, tokenizer, prompts, n_samples, temperature=0.8, seed=seed)
     rows = []
     for index, record in enumerate(records):
-        greedy = greedy_response(model, tokenizer, record.prompt)
-        samples = sample_responses(model, tokenizer, record.prompt, n_samples, seed=seed + index)
-        correct = sum(check_answer(record.task, answer) for answer in samples)
+        correct = sum(check_answer(record.task, answer) for answer in samples[index])
         row = {"id": f"{record.source}-{index}", "family": record.source, "prompt": record.prompt}
-        row["greedy_correct"] = check_answer(record.task, greedy)
+        row["greedy_correct"] = check_answer(record.task, greedy[index][0])
         row.update({f"pass@{k}": pass_at_k(n_samples, correct, k) for k in ks})
         rows.append(row)
     return rows
@@ -553,18 +645,24 @@ def syntax_validity(
     model,
     tokenizer,
     prompts: Sequence[str],
-    max_new_tokens: int = 48,
+    max_new_tokens: int = 32,
     temperature: float = 0.0,
     seed: int = 0,
 ) -> list[bool]:
     """For each code prompt (a function header and docstring), generate a body and check that
-    prompt + the generated body (`function_body`) parses. An empty body counts as invalid."""
+    prompt + the generated body (`function_body`) parses. An empty body counts as invalid.
+
+    The model sees the prompt cut before its trailing newline (`move_trailing_whitespace`):
+    the newline and the indentation after it are one token, which the model must write
+    itself. A generation that does not start a new line has written no body.
+    """
     from chapters.ch04_blocks.model import generate
 
     generator = torch.Generator().manual_seed(seed)
     valid = []
     for prompt in prompts:
-        ids = [EOT_ID, *tokenizer.encode(prompt, add_special_tokens=False).ids]
+        context, _ = move_trailing_whitespace(prompt, "")
+        ids = [EOT_ID, *tokenizer.encode(context, add_special_tokens=False).ids]
         out = generate(
             model,
             torch.tensor([ids]),
@@ -573,9 +671,8 @@ def syntax_validity(
             generator=generator,
             stop_token_id=EOT_ID,
         )
-        body = function_body(
-            tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
-        )
+        text = context + tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
+        body = function_body(text[len(prompt) :]) if text.startswith(prompt) else ""
         valid.append(bool(body) and is_valid_python(prompt + body))
     return valid
 
@@ -617,19 +714,48 @@ def contaminated_items(overlap: dict[str, float], threshold: float = 0.5) -> lis
     return sorted(item_id for item_id, fraction in overlap.items() if fraction >= threshold)
 
 
+def _resampled_means(
+    values: np.ndarray, weights: np.ndarray, n_resamples: int, seed: int
+) -> np.ndarray:
+    """The weighted mean of `values` over `n_resamples` resamples of the items."""
+    index = np.random.default_rng(seed).integers(0, values.size, size=(n_resamples, values.size))
+    return (values[index] * weights[index]).sum(axis=1) / weights[index].sum(axis=1)
+
+
 def bootstrap_interval(
-    outcomes: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+    outcomes: Sequence[float],
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    weights: Sequence[float] | None = None,
 ) -> tuple[float, float, float]:
     """(mean, low, high): the percentile bootstrap interval of the mean of `outcomes`
-    (resample items with replacement, recompute the mean, take the middle `confidence`)."""
+    (resample items with replacement, recompute the mean, take the middle `confidence`).
+
+    `weights` makes it a weighted mean: per-document bits per byte weighted by each
+    document's bytes is the bits per byte of all the text together."""
     values = np.asarray(outcomes, dtype=float)
     if values.size == 0:
         raise EvaluationError("no outcomes to bootstrap: the task has no items")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(n_resamples, values.size))].mean(axis=1)
+    w = np.ones_like(values) if weights is None else np.asarray(weights, dtype=float)
+    means = _resampled_means(values, w, n_resamples, seed)
     tail = (1.0 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
-    return float(values.mean()), float(low), float(high)
+    return float((values * w).sum() / w.sum()), float(low), float(high)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """mean(a) - mean(b) on the same items, its bootstrap interval and two-sided p-value."""
+
+    diff: float
+    low: float
+    high: float
+    p_value: float
+
+    @property
+    def significant(self) -> bool:  # at the interval's confidence, before any correction
+        return self.low > 0 or self.high < 0
 
 
 def paired_difference(
@@ -638,19 +764,79 @@ def paired_difference(
     n_resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
-) -> tuple[float, float, float, bool]:
-    """(mean of a - b, low, high, significant) on the same items, resampled together.
+    weights: Sequence[float] | None = None,
+) -> PairedDifference:
+    """The difference of two models on the same items, the items resampled together.
 
-    Pairing removes the item-difficulty noise that two separate intervals would both carry;
-    the difference is significant when its interval excludes 0.
+    Pairing removes the item-difficulty noise that two separate intervals would both carry.
+    The p-value is twice the smaller share of resampled differences on either side of 0
+    (capped at 1): how often a resample contradicts the sign of the difference.
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         raise EvaluationError(
             f"paired outcomes must cover the same items; got {a.size} and {b.size}"
         )
-    mean, low, high = bootstrap_interval(a - b, n_resamples, confidence, seed)
-    return mean, low, high, bool(low > 0 or high < 0)
+    diff, low, high = bootstrap_interval(a - b, n_resamples, confidence, seed, weights)
+    w = np.ones_like(a) if weights is None else np.asarray(weights, dtype=float)
+    means = _resampled_means(a - b, w, n_resamples, seed)
+    p_value = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
+    return PairedDifference(diff, low, high, p_value)
+
+
+def holm_bonferroni(p_values: Sequence[float]) -> list[float]:
+    """Holm's adjusted p-values, in the order given: the i-th smallest of m (i from 0) is
+    multiplied by m - i, capped at 1, and never below the one before it. Calling "significant"
+    only what stays below 0.05 keeps the chance of even one false verdict among all m below
+    5% (Holm 1979), without Bonferroni's m-times penalty on every test."""
+    m = len(p_values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def paired_rows(
+    results: dict[str, dict[str, Sequence[float]]],
+    baseline: str = "sft",
+    weights: dict[str, Sequence[float]] | None = None,
+) -> list[dict]:
+    """For every metric and every model but `baseline`: the paired difference model -
+    baseline on the same items, its 95% interval and two-sided p-value. `weights[metric]`,
+    where given, weighs the items (each document's bytes, for bits per byte)."""
+    weights = weights or {}
+    rows = []
+    for metric, base_outcomes in results[baseline].items():
+        for model_name, metrics in results.items():
+            if model_name == baseline:
+                continue
+            difference = paired_difference(
+                metrics[metric], base_outcomes, weights=weights.get(metric)
+            )
+            rows.append(
+                {"metric": metric, "model": model_name, "baseline": baseline}
+                | {k: getattr(difference, k) for k in ("diff", "low", "high", "p_value")}
+            )
+    return rows
+
+
+def mark_significance(rows: list[dict], primary: tuple[str, str], alpha: float = 0.05) -> None:
+    """Add `p_holm` and `significant` to each paired row, in place. The `primary` (metric,
+    model) row, declared before measuring, is tested alone at `alpha`; every other row is a
+    secondary comparison, and Holm-Bonferroni adjusts their p-values as one family."""
+    secondary = [row for row in rows if (row["metric"], row["model"]) != primary]
+    if len(secondary) == len(rows):
+        raise EvaluationError(f"the primary comparison {primary} is not among the paired rows")
+    for row, adjusted in zip(
+        secondary, holm_bonferroni([r["p_value"] for r in secondary]), strict=True
+    ):
+        row["p_holm"], row["primary"] = adjusted, False
+    for row in rows:
+        if (row["metric"], row["model"]) == primary:
+            row["p_holm"], row["primary"] = row["p_value"], True
+        row["significant"] = bool(row["p_holm"] < alpha)
 
 
 def accuracy_table(results: dict[str, dict[str, Sequence[float]]]) -> list[dict]:
@@ -673,22 +859,18 @@ def accuracy_table(results: dict[str, dict[str, Sequence[float]]]) -> list[dict]
     return rows
 
 
-def significance_statements(results: dict[str, dict[str, Sequence[float]]]) -> list[str]:
-    """One sentence per metric and pair of models: the paired difference and whether it is
-    significant at 95%."""
-    names = list(results)
+def significance_statements(rows: list[dict]) -> list[str]:
+    """One sentence per paired row (after `mark_significance`): the difference, its interval,
+    its p-value before and after Holm's correction, and the verdict."""
     statements = []
-    for metric in results[names[0]] if names else []:
-        for i, first in enumerate(names):
-            for second in names[i + 1 :]:
-                mean, low, high, significant = paired_difference(
-                    results[second][metric], results[first][metric]
-                )
-                verdict = "significant" if significant else "not significant"
-                statements.append(
-                    f"{metric}: {second} - {first} = {mean:+.3f} "
-                    f"(95% CI {low:+.3f} to {high:+.3f}), {verdict}"
-                )
+    for row in sorted(rows, key=lambda r: not r["primary"]):
+        verdict = "significant" if row["significant"] else "not significant"
+        role = "PRIMARY " if row["primary"] else ""
+        statements.append(
+            f"{role}{row['metric']}: {row['model']} - {row['baseline']} = {row['diff']:+.3f} "
+            f"(95% CI {row['low']:+.3f} to {row['high']:+.3f}; p {row['p_value']:.4f}, "
+            f"Holm {row['p_holm']:.4f}), {verdict}"
+        )
     return statements
 
 
@@ -721,8 +903,24 @@ class Report:
 
     held_out: dict[str, HeldOutScore]
     results: dict[str, dict[str, list[float]]]
+    primary: tuple[str, str]  # (metric, model): the one comparison with the baseline declared first
+    documents: dict[str, list[HeldOutScore]] = field(default_factory=dict)  # per held-out document
+    baseline: str = "sft"
     notes: list[str] = field(default_factory=list)
     chance: float | None = None  # drawn as a line: the multiple-choice chance level
+
+    def paired(self) -> list[dict]:
+        """Every metric (bits per byte too, when `documents` is given) of every model against
+        the baseline, marked significant or not by the primary test and Holm's rule."""
+        outcomes = {name: dict(metrics) for name, metrics in self.results.items()}
+        weights = {}
+        if self.documents:  # bits per byte per document, weighted by its bytes
+            for name, scores in self.documents.items():
+                outcomes[name]["bits per byte"] = [score.bits_per_byte for score in scores]
+            weights["bits per byte"] = [score.bytes for score in self.documents[self.baseline]]
+        rows = paired_rows(outcomes, self.baseline, weights)
+        mark_significance(rows, self.primary)
+        return rows
 
 
 def write_report(report: Report, folder: str | Path) -> Path:
@@ -734,6 +932,7 @@ def write_report(report: Report, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = accuracy_table(report.results)
+    paired = report.paired()
     use_course_style()
 
     figure, axis = plt.subplots(figsize=(8, 4))
@@ -771,8 +970,8 @@ def write_report(report: Report, folder: str | Path) -> Path:
         [
             "# Chapter 10: evaluation report",
             markdown_table(rows, report.held_out),
-            "## Significance (paired bootstrap, 95%)",
-            "\n".join(f"- {s}" for s in significance_statements(report.results)),
+            f"## Against {report.baseline} (paired bootstrap, 95%; primary, then Holm-Bonferroni)",
+            "\n".join(f"- {s}" for s in significance_statements(paired)),
             "## Notes",
             "\n".join(f"- {note}" for note in report.notes),
             "![accuracy](accuracy.png)\n\n![bits per byte](bits_per_byte.png)",
@@ -786,6 +985,12 @@ def write_report(report: Report, folder: str | Path) -> Path:
             for name, score in report.held_out.items()
         },
         "accuracy": rows,
+        "paired": paired,
+        "primary": {
+            "metric": report.primary[0],
+            "model": report.primary[1],
+            "baseline": report.baseline,
+        },
         "notes": report.notes,
     }
     with atomic_write(folder / "results.json") as file:
