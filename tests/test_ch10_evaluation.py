@@ -445,7 +445,12 @@ def test_chat_responses_in_batches_agree_with_chapter_8s_greedy_response():
 
 
 def test_task_choice_items_pit_the_right_answer_against_answers_the_checker_rejects():
-    from chapters.ch08_sft.sft import EOT_TOKEN, check_answer, format_prompt, generate_checkable_tasks
+    from chapters.ch08_sft.sft import (
+        EOT_TOKEN,
+        check_answer,
+        format_prompt,
+        generate_checkable_tasks,
+    )
 
     records = [r for r in generate_checkable_tasks(per_family_heldout=10) if r.split == "heldout"]
     items = task_choice_items(records)
