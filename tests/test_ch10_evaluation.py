@@ -518,3 +518,60 @@ def test_report_json_has_paired_rows_against_sft_for_every_model(tmp_path):
     }
     assert all({"metric", "model", "baseline", "diff", "low", "high"} <= set(r) for r in paired)
     assert all(r["baseline"] == "sft" for r in paired)
+
+
+def _tiny_model(vocab_size: int = 60, context_length: int = 16) -> LanguageModel:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=vocab_size, context_length=context_length, d_model=32, n_layers=2, n_heads=2
+    )
+    return LanguageModel(config).eval()
+
+
+def test_batched_pair_loglikelihoods_equal_each_pair_scored_alone():
+    from chapters.ch10_evaluation.evaluation import pair_loglikelihoods
+
+    model, rng = _tiny_model(), random.Random(0)
+    pairs = [  # contexts up to longer than the window, so some are cut from the left
+        (
+            [rng.randrange(60) for _ in range(rng.randint(1, 24))],
+            [rng.randrange(60) for _ in range(rng.randint(1, 6))],
+        )
+        for _ in range(40)
+    ]
+    batched = pair_loglikelihoods(model, pairs, batch_size=16)
+    for (context, continuation), score in zip(pairs, batched, strict=True):
+        ids = torch.tensor([*context, *continuation][-17:])  # no padding: one row alone
+        with torch.no_grad():
+            log_probs = model(ids[None, :-1])[0].log_softmax(dim=-1)
+        span = len(continuation)
+        alone = log_probs[-span:].gather(1, ids[-span:, None]).sum()
+        assert abs(score - float(alone)) <= 1e-4
+
+
+def test_held_out_scores_in_batches_equal_one_window_at_a_time():
+    from chapters.ch10_evaluation.evaluation import held_out_scores
+
+    model, rng = _tiny_model(vocab_size=100), random.Random(1)
+    texts = [
+        "".join(rng.choice("abcdef gh\n") for _ in range(rng.randint(3, 60))) for _ in range(9)
+    ]
+    documents = [CleanDocument(f"doc{i}", text) for i, text in enumerate(texts)]
+    batched = held_out_scores(model, CharTokenizer(), documents, 10**6, batch_size=8)
+    alone = held_out_scores(model, CharTokenizer(), documents, 10**6, batch_size=1)
+    assert [(s.tokens, s.bytes) for s in batched] == [(s.tokens, s.bytes) for s in alone]
+    assert max(abs(a.nll - b.nll) for a, b in zip(batched, alone, strict=True)) <= 1e-4
+
+
+def test_greedy_generation_by_length_equals_each_prompt_generated_alone():
+    from chapters.ch02_tokenizer.tokenizer import EOT_ID
+    from chapters.ch04_blocks.model import generate
+    from chapters.ch10_evaluation.evaluation import generate_by_length
+
+    model, rng = _tiny_model(context_length=24), random.Random(2)
+    prompts = [[rng.randrange(1, 60) for _ in range(length)] for length in (3, 5, 3, 7, 5, 3)]
+    batched = generate_by_length(model, prompts, max_new_tokens=10)
+    for prompt, (new,) in zip(prompts, batched, strict=True):
+        out = generate(model, torch.tensor([prompt]), 10, temperature=0.0, stop_token_id=EOT_ID)
+        alone = out[0, len(prompt) :].tolist()
+        assert new == (alone[: alone.index(EOT_ID)] if EOT_ID in alone else alone)

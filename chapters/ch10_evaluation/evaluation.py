@@ -59,6 +59,7 @@ CHECKPOINTS: dict[str, str] = {
     "dpo": "chapters.ch09_alignment.alignment:ensure_dpo_model",
     "rlhf": "chapters.ch09_alignment.alignment:ensure_rlhf_model",
     "RL (checker)": "chapters.ch09_alignment.alignment:ensure_rl_checker_model",
+    "expert iteration": "chapters.ch09_alignment.alignment:ensure_expert_iteration_model",
 }
 
 
@@ -201,18 +202,44 @@ class HeldOutScore:
         return bits_per_byte(self.nll, self.bytes)
 
 
-@torch.no_grad()
+def document_windows(token_ids: Sequence[int], context: int) -> list[list[int]]:
+    """A document cut into windows of `context` + 1 tokens that overlap by one token: each
+    window predicts its tokens after the first, so every token after the document's first is
+    predicted exactly once."""
+    ids = list(token_ids)
+    return [ids[start : start + context + 1] for start in range(0, max(len(ids) - 1, 0), context)]
+
+
+def right_padded(rows: Sequence[Sequence[int]], fill: int) -> torch.Tensor:
+    """Rows of token ids as one (B, longest) tensor, filled with `fill` after each row's end.
+
+    The models are causal: position t attends to positions <= t only, so whatever follows a
+    row's real tokens changes none of their logits, and one forward pass scores many rows."""
+    batch = torch.full((len(rows), max(len(row) for row in rows)), fill, dtype=torch.long)
+    for i, row in enumerate(rows):
+        batch[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return batch
+
+
+@torch.inference_mode()
+def window_nlls(
+    model: torch.nn.Module, windows: Sequence[Sequence[int]], batch_size: int = 32
+) -> list[float]:
+    """Summed NLL (nats) of each window's tokens after its first, `batch_size` windows per
+    forward pass (a tiny model on a CPU spends most of a one-window pass on overhead)."""
+    nlls: list[float] = []
+    for start in range(0, len(windows), batch_size):
+        batch = right_padded(windows[start : start + batch_size], fill=-100)  # (B, T + 1)
+        logits = model(batch[:, :-1].clamp(min=0))  # padding fed as id 0, after the real ids
+        # -100 is cross_entropy's ignore_index: padded targets add 0 to a window's sum
+        losses = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+        nlls += losses.sum(dim=1).tolist()
+    return nlls
+
+
 def document_nll(model: torch.nn.Module, token_ids: Sequence[int]) -> float:
-    """Summed NLL (nats) of every token of a document after the first, in windows of the
-    model's context length that overlap by one token (each token is predicted once)."""
-    context = model.config.context_length
-    ids = torch.tensor(list(token_ids), dtype=torch.long)
-    total = 0.0
-    for start in range(0, max(len(ids) - 1, 0), context):
-        window = ids[start : start + context + 1]  # (T + 1,)
-        logits = model(window[None, :-1])  # (1, T, V)
-        total += float(F.cross_entropy(logits[0], window[1:], reduction="sum"))
-    return total
+    """Summed NLL (nats) of every token of a document after the first (`document_windows`)."""
+    return sum(window_nlls(model, document_windows(token_ids, model.config.context_length)))
 
 
 def held_out_scores(
@@ -220,22 +247,29 @@ def held_out_scores(
     tokenizer,
     documents: Iterable[CleanDocument],
     max_tokens: int = 40_000,
+    batch_size: int = 32,
 ) -> list[HeldOutScore]:
     """One score per held-out document, each starting after `<|endoftext|>` as in training,
     until about `max_tokens` tokens are scored. Bytes count the document's UTF-8 text.
-    Per-document scores let the bootstrap resample documents, as it resamples items."""
+    Per-document scores let the bootstrap resample documents, as it resamples items. The
+    windows of all documents go through the model together, `batch_size` at a time."""
     model.eval()
-    scores = []
+    encoded, tokens = [], 0
     for document in documents:
         ids = [EOT_ID, *tokenizer.encode(document.text, add_special_tokens=False).ids]
-        scores.append(
-            HeldOutScore(document_nll(model, ids), len(ids) - 1, len(document.text.encode()))
-        )
-        if sum(score.tokens for score in scores) >= max_tokens:
+        encoded.append((ids, len(document.text.encode())))
+        tokens += len(ids) - 1
+        if tokens >= max_tokens:
             break
-    if sum(score.tokens for score in scores) == 0:
+    if tokens == 0:
         raise EvaluationError("no held-out tokens were scored: the documents were empty")
-    return scores
+    context = model.config.context_length
+    windows = [document_windows(ids, context) for ids, _ in encoded]
+    nlls = iter(window_nlls(model, [w for mine in windows for w in mine], batch_size))
+    return [
+        HeldOutScore(sum(next(nlls) for _ in mine), len(ids) - 1, n_bytes)
+        for mine, (ids, n_bytes) in zip(windows, encoded, strict=True)
+    ]
 
 
 def total_score(scores: Iterable[HeldOutScore]) -> HeldOutScore:
@@ -474,34 +508,45 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return context_ids, whole_ids[len(context_ids) :]
 
 
-@torch.no_grad()
+@torch.inference_mode()
+def pair_loglikelihoods(
+    model: torch.nn.Module,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    batch_size: int = 64,
+) -> list[float]:
+    """Summed log-probability of each (context ids, continuation ids) pair's continuation.
+
+    Each context is cut from the left so that context + continuation fits the model's window
+    (as lm-evaluation-harness does); only continuation tokens are scored. The pairs go through
+    the model `batch_size` at a time, right-padded (`right_padded`), sorted by length so
+    that a batch pads little; the scores come back in the pairs' order.
+    """
+    window = model.config.context_length + 1
+    rows, spans = [], []
+    for context_ids, continuation in pairs:
+        if not continuation:
+            raise EvaluationError("a continuation encodes to zero tokens; nothing to score")
+        rows.append([*context_ids, *continuation][-window:])
+        spans.append(len(continuation))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    scores = [0.0] * len(rows)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = right_padded([rows[i] for i in chunk], fill=0)  # (B, W)
+        logits = model(batch[:, :-1])  # (B, W - 1, V)
+        for b, i in enumerate(chunk):
+            end, span = len(rows[i]), spans[i]
+            # the logits at end - span - 1 ... end - 2 predict the continuation's tokens
+            log_probs = logits[b, end - span - 1 : end - 1].log_softmax(dim=-1)  # (span, V)
+            scores[i] = float(log_probs.gather(1, batch[b, end - span : end, None]).sum())
+    return scores
+
+
 def continuation_logprobs(
     model: torch.nn.Module, context_ids: Sequence[int], continuations: Sequence[Sequence[int]]
 ) -> list[float]:
-    """Summed log-probability of each continuation's tokens after the context, in one batch.
-
-    The context is cut from the left so that context + continuation fits the model's window
-    (as lm-evaluation-harness does); only continuation tokens are scored.
-    """
-    context = model.config.context_length
-    rows, spans = [], []
-    for continuation in continuations:
-        if not continuation:
-            raise EvaluationError("a continuation encodes to zero tokens; nothing to score")
-        ids = [*context_ids, *continuation][-(context + 1) :]
-        rows.append(ids)
-        spans.append(len(continuation))
-    width = max(len(ids) for ids in rows)
-    batch = torch.zeros(len(rows), width, dtype=torch.long)  # padded on the right, never scored
-    for i, ids in enumerate(rows):
-        batch[i, : len(ids)] = torch.tensor(ids)
-    log_probs = model(batch[:, :-1]).log_softmax(dim=-1)  # (C, W - 1, V)
-    scores = []
-    for i, (ids, span) in enumerate(zip(rows, spans, strict=True)):
-        targets = torch.tensor(ids[-span:])  # the continuation's ids
-        positions = torch.arange(len(ids) - span - 1, len(ids) - 1)  # where each is predicted
-        scores.append(float(log_probs[i, positions, targets].sum()))
-    return scores
+    """Summed log-probability of each continuation's tokens after one shared context."""
+    return pair_loglikelihoods(model, [(context_ids, c) for c in continuations])
 
 
 def choose(loglikelihoods: Sequence[float], byte_lengths: Sequence[int], normalised: bool) -> int:
@@ -515,16 +560,23 @@ def choose(loglikelihoods: Sequence[float], byte_lengths: Sequence[int], normali
     return int(np.argmax(scores))
 
 
-def score_multiple_choice(model, tokenizer, items: Sequence[MultipleChoiceItem]) -> list[dict]:
+def score_multiple_choice(
+    model, tokenizer, items: Sequence[MultipleChoiceItem], batch_size: int = 64
+) -> list[dict]:
     """One row per item: its task, the log-likelihoods and whether the raw and the
     length-normalised choice is right. Context and choice are encoded together
-    (`encode_pair`), so the boundary between them is tokenized as in running text."""
+    (`encode_pair`), so the boundary between them is tokenized as in running text. Every
+    item's choices are scored together, `batch_size` (context, choice) pairs per forward."""
     model.eval()
+    pairs = []
+    for item in items:
+        for choice in item.choices:
+            context_ids, choice_ids = encode_pair(tokenizer, item.context, choice)
+            pairs.append(([EOT_ID, *context_ids], choice_ids))
+    scores = iter(pair_loglikelihoods(model, pairs, batch_size))
     rows = []
     for item in items:
-        pairs = [encode_pair(tokenizer, item.context, choice) for choice in item.choices]
-        context_ids = [EOT_ID, *pairs[0][0]]  # the same for every choice
-        loglikelihoods = continuation_logprobs(model, context_ids, [ids for _, ids in pairs])
+        loglikelihoods = [next(scores) for _ in item.choices]
         lengths = [len(c.encode("utf-8")) for c in item.choices]
         rows.append(
             {
@@ -548,7 +600,44 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-@torch.no_grad()
+@torch.inference_mode()
+def generate_by_length(
+    model,
+    prompts: Sequence[Sequence[int]],
+    n: int = 1,
+    max_new_tokens: int = 24,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> list[list[list[int]]]:
+    """`n` generated continuations (token ids, cut before `<|endoftext|>`) of each prompt.
+
+    Chapter 4's `generate` takes no padding, so prompts of the same token length go through
+    as one batch, with their `n` samples as rows of it: a few hundred prompts of a few dozen
+    lengths need a few dozen calls instead of one each. Greedy rows are those the prompt
+    alone would give; sampled rows draw from one generator, in a different order.
+    """
+    from chapters.ch04_blocks.model import generate
+
+    by_length: dict[int, list[int]] = {}
+    for index, ids in enumerate(prompts):
+        by_length.setdefault(len(ids), []).append(index)
+    generator = torch.Generator().manual_seed(seed)
+    generated: list[list[list[int]]] = [[] for _ in prompts]
+    for length, indices in by_length.items():
+        rows = [i for i in indices for _ in range(n)]
+        out = generate(
+            model,
+            torch.tensor([list(prompts[i]) for i in rows]),
+            max_new_tokens,
+            temperature=temperature,
+            generator=generator,
+            stop_token_id=EOT_ID,
+        )
+        for i, new in zip(rows, out[:, length:].tolist(), strict=True):
+            generated[i].append(new[: new.index(EOT_ID)] if EOT_ID in new else new)
+    return generated
+
+
 def chat_responses(
     model,
     tokenizer,
@@ -558,40 +647,18 @@ def chat_responses(
     temperature: float = 0.0,
     seed: int = 0,
 ) -> list[list[str]]:
-    """`n` answers to each chat prompt (greedy at temperature 0), each cut at `<|endoftext|>`.
-
-    The prompt is built as chapter 8's `greedy_response` builds it. Chapter 4's `generate`
-    takes no padding, so prompts that encode to the same length go through as one batch: the
-    held-out tasks share one template per family, so a few hundred prompts need a few dozen
-    calls instead of one each.
-    """
+    """`n` answers to each chat prompt (greedy at temperature 0), each cut at `<|endoftext|>`,
+    the prompt built as chapter 8's `greedy_response` builds it. The held-out tasks share one
+    template per family, so `generate_by_length` batches them well."""
     from chapters.ch02_tokenizer.tokenizer import ASSISTANT_ID, USER_ID
-    from chapters.ch04_blocks.model import generate
 
     room = model.config.context_length - max_new_tokens - 2  # keep the template tokens
     encoded = [
         [USER_ID, *tokenizer.encode(p, add_special_tokens=False).ids[-room:], ASSISTANT_ID]
         for p in prompts
     ]
-    by_length: dict[int, list[int]] = {}
-    for index, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(index)
-    generator = torch.Generator().manual_seed(seed)
-    answers: list[list[str]] = [[] for _ in prompts]
-    for length, indices in by_length.items():
-        rows = [i for i in indices for _ in range(n)]
-        out = generate(
-            model,
-            torch.tensor([encoded[i] for i in rows]),
-            max_new_tokens,
-            temperature=temperature,
-            generator=generator,
-            stop_token_id=EOT_ID,
-        )
-        for i, new in zip(rows, out[:, length:].tolist(), strict=True):
-            new = new[: new.index(EOT_ID)] if EOT_ID in new else new
-            answers[i].append(tokenizer.decode(new, skip_special_tokens=True))
-    return answers
+    generated = generate_by_length(model, encoded, n, max_new_tokens, temperature, seed)
+    return [[tokenizer.decode(ids, skip_special_tokens=True) for ids in mine] for mine in generated]
 
 
 def evaluate_checkable_tasks(
@@ -640,7 +707,6 @@ def is_valid_python(source: str) -> bool:
     return True
 
 
-@torch.no_grad()
 def syntax_validity(
     model,
     tokenizer,
@@ -654,24 +720,15 @@ def syntax_validity(
 
     The model sees the prompt cut before its trailing newline (`move_trailing_whitespace`):
     the newline and the indentation after it are one token, which the model must write
-    itself. A generation that does not start a new line has written no body.
+    itself. A generation that does not start a new line has written no body. Prompts of the
+    same token length are generated together (`generate_by_length`).
     """
-    from chapters.ch04_blocks.model import generate
-
-    generator = torch.Generator().manual_seed(seed)
+    contexts = [move_trailing_whitespace(prompt, "")[0] for prompt in prompts]
+    encoded = [[EOT_ID, *tokenizer.encode(c, add_special_tokens=False).ids] for c in contexts]
+    generated = generate_by_length(model, encoded, 1, max_new_tokens, temperature, seed)
     valid = []
-    for prompt in prompts:
-        context, _ = move_trailing_whitespace(prompt, "")
-        ids = [EOT_ID, *tokenizer.encode(context, add_special_tokens=False).ids]
-        out = generate(
-            model,
-            torch.tensor([ids]),
-            max_new_tokens,
-            temperature=temperature,
-            generator=generator,
-            stop_token_id=EOT_ID,
-        )
-        text = context + tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
+    for prompt, context, (new,) in zip(prompts, contexts, generated, strict=True):
+        text = context + tokenizer.decode(new, skip_special_tokens=True)
         body = function_body(text[len(prompt) :]) if text.startswith(prompt) else ""
         valid.append(bool(body) and is_valid_python(prompt + body))
     return valid
