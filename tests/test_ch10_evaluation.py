@@ -17,7 +17,6 @@ from chapters.ch01_data.data_pipeline import CleanDocument
 from chapters.ch04_blocks.model import LanguageModel, ModelConfig
 from chapters.ch10_evaluation.evaluation import (
     CHECKPOINTS,
-    Checkpoint,
     EvaluationError,
     HeldOutScore,
     MultipleChoiceItem,
@@ -31,16 +30,24 @@ from chapters.ch10_evaluation.evaluation import (
     contamination,
     continuation_logprobs,
     document_nll,
+    encode_pair,
     function_body,
+    holm_bonferroni,
     is_valid_python,
     load_checkpoint_folder,
     load_checkpoints,
     load_items,
+    mark_significance,
+    move_trailing_whitespace,
     next_line_items,
     paired_difference,
+    paired_rows,
     pass_at_k,
     save_items,
     score_multiple_choice,
+    syntax_validity,
+    task_choice_items,
+    total_score,
     write_report,
 )
 
@@ -205,8 +212,9 @@ def test_paired_difference_flags_a_clear_difference_and_not_identical_models():
     rng = np.random.default_rng(2)
     a = (rng.random(300) < 0.8).astype(float)
     b = (rng.random(300) < 0.3).astype(float)
-    assert paired_difference(a, b)[3]
-    assert not paired_difference(a, a)[3]
+    clear, same = paired_difference(a, b), paired_difference(a, a)
+    assert clear.significant and clear.p_value < 0.001
+    assert not same.significant and same.p_value == 1.0
 
 
 def test_items_round_trip_through_jsonl(tmp_path):
@@ -289,8 +297,8 @@ def test_matching_vocabulary_passes_the_tokenizer_check():
 
 
 def test_a_checkpoint_whose_chapter_is_missing_is_listed_not_raised():
-    ghost = Checkpoint("ghost", "chapters.ch99_nothing.nothing", "ensure_ghost_model")
-    present, missing = available_checkpoints([CHECKPOINTS[0], ghost])
+    ghost = {"ghost": "chapters.ch99_nothing.nothing:ensure_ghost_model"}
+    present, missing = available_checkpoints({"base": CHECKPOINTS["base"]} | ghost)
     assert [c.name for c in present] == ["base"]
     assert [(c.name, reason) for c, reason in missing] == [
         ("ghost", "chapters.ch99_nothing.nothing does not exist yet")
@@ -304,8 +312,8 @@ def test_a_checkpoint_whose_loader_fails_is_listed_with_the_reason(monkeypatch):
         raise RuntimeError("half-written chapter")
 
     monkeypatch.setattr(evaluation, "ensure_broken_model", ensure_broken_model, raising=False)
-    broken = Checkpoint("broken", "chapters.ch10_evaluation.evaluation", "ensure_broken_model")
-    models, missing = load_checkpoints(VocabTokenizer(64), [broken])
+    broken = {"broken": "chapters.ch10_evaluation.evaluation:ensure_broken_model"}
+    models, missing = load_checkpoints(VocabTokenizer(64), broken)
     assert models == {}
     assert "half-written chapter" in missing[0][1]
 
@@ -319,9 +327,9 @@ def test_loading_a_checkpoint_with_another_vocabulary_is_an_error_naming_it(monk
         )
 
     monkeypatch.setattr(evaluation, "ensure_small_model", ensure_small_model, raising=False)
-    small = Checkpoint("small", "chapters.ch10_evaluation.evaluation", "ensure_small_model")
+    small = {"small": "chapters.ch10_evaluation.evaluation:ensure_small_model"}
     with pytest.raises(EvaluationError, match="checkpoint 'small'.*64 ids.*100"):
-        load_checkpoints(VocabTokenizer(100), [small])
+        load_checkpoints(VocabTokenizer(100), small)
 
 
 def test_syntax_check_accepts_python_and_rejects_broken_code():
@@ -338,10 +346,232 @@ def test_function_body_stops_at_the_first_unindented_line_and_drops_a_cut_line()
 def test_report_is_written_with_table_and_figures(tmp_path):
     results = {"base": {"task": [1.0, 0.0, 1.0, 1.0]}, "sft": {"task": [1.0, 1.0, 1.0, 1.0]}}
     held_out = {"base": HeldOutScore(100.0, 50, 200), "sft": HeldOutScore(120.0, 50, 200)}
-    path = write_report(Report(held_out, results, ["a note"]), tmp_path)
+    path = write_report(Report(held_out, results, ("task", "base"), notes=["a note"]), tmp_path)
     text = path.read_text()
     assert "| task | base | 4 | 0.750 |" in text
-    assert "sft - base" in text
+    assert "PRIMARY task: base - sft = -0.250" in text
     assert (tmp_path / "accuracy.png").stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["notes"] == ["a note"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_holm_bonferroni_matches_the_hand_worked_example():
+    # Sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> 0.06
+    # (never below the adjusted value before it); results come back in the input order.
+    assert holm_bonferroni([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_holm_bonferroni_caps_at_one_and_keeps_a_single_p_value():
+    assert holm_bonferroni([0.5, 0.6, 0.01]) == pytest.approx([1.0, 1.0, 0.03])
+    assert holm_bonferroni([0.2]) == [0.2]
+
+
+def test_holm_rejects_no_less_than_bonferroni_and_no_more_than_uncorrected():
+    rng = np.random.default_rng(3)
+    p = rng.random(12) ** 3
+    adjusted = np.array(holm_bonferroni(list(p)))
+    assert np.all(adjusted >= p - 1e-12)
+    assert np.all(adjusted <= np.minimum(1.0, p * len(p)) + 1e-12)
+
+
+class MergingTokenizer:
+    """Greedy longest match over a tiny vocabulary in which newline + four spaces is one
+    token, as chapter 2's BPE merges them."""
+
+    vocab = ["\n    ", "\n", " ", "a", "b", "c", "d", "e", "=", "1"]
+
+    def encode(self, text, add_special_tokens=False):
+        ids = []
+        while text:
+            token = max((t for t in self.vocab if text.startswith(t)), key=len)
+            ids.append(self.vocab.index(token))
+            text = text[len(token) :]
+        return SimpleNamespace(ids=ids)
+
+
+def test_trailing_whitespace_moves_from_the_context_into_the_continuation():
+    assert move_trailing_whitespace("def f():\n", "    x") == ("def f():", "\n    x")
+    assert move_trailing_whitespace("a =", " 1") == ("a =", " 1")
+
+
+def test_encode_pair_tokenizes_the_boundary_as_running_text():
+    tokenizer = MergingTokenizer()
+    context_ids, continuation_ids = encode_pair(tokenizer, "a\n", "    b")
+    assert context_ids == tokenizer.encode("a").ids
+    assert continuation_ids == tokenizer.encode("\n    b").ids == [0, 4]  # "\n    " merged
+    assert context_ids + continuation_ids == tokenizer.encode("a\n    b").ids
+
+
+class CharTokenizer:
+    """One id per printable character (after the four special ids), with decode."""
+
+    def encode(self, text, add_special_tokens=False):
+        return SimpleNamespace(ids=[4 + ord(c) - 32 if c != "\n" else 4 + 95 for c in text])
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join("\n" if i == 99 else chr(i - 4 + 32) for i in ids if i >= 4)
+
+
+def test_syntax_validity_cuts_the_prompt_before_its_newline_and_needs_a_new_line(monkeypatch):
+    import chapters.ch04_blocks.model as model_module
+
+    tokenizer, seen = CharTokenizer(), []
+
+    def fake_generate(model, ids, max_new_tokens, **kwargs):
+        seen.append(ids[0].tolist())
+        return torch.cat([ids, torch.tensor([tokenizer.encode(generated).ids])], dim=1)
+
+    monkeypatch.setattr(model_module, "generate", fake_generate)
+    prompt = 'def f(x):\n    """Add one."""\n'
+    generated = "\n    return x + 1\n"
+    assert syntax_validity(None, tokenizer, [prompt]) == [True]
+    assert tokenizer.decode(seen[0]) == prompt.rstrip()  # the model writes the newline itself
+    generated = " more docstring\n    return x\n"  # continues the last line: no new line
+    assert syntax_validity(None, tokenizer, [prompt]) == [False]
+
+
+def test_chat_responses_in_batches_agree_with_chapter_8s_greedy_response():
+    from chapters.ch08_sft.sft import greedy_response
+    from chapters.ch10_evaluation.evaluation import chat_responses
+
+    torch.manual_seed(0)
+    model = LanguageModel(
+        ModelConfig(vocab_size=100, context_length=48, d_model=32, n_layers=1, n_heads=2)
+    ).eval()
+    prompts = ["abc", "xyz", "hello there", "12345678901", "q"]  # two pairs share a length
+    batched = chat_responses(model, CharTokenizer(), prompts, max_new_tokens=8)
+    for prompt, answers in zip(prompts, batched, strict=True):
+        assert answers == [greedy_response(model, CharTokenizer(), prompt, max_new_tokens=8)]
+
+
+def test_task_choice_items_pit_the_right_answer_against_answers_the_checker_rejects():
+    from chapters.ch08_sft.sft import (
+        EOT_TOKEN,
+        check_answer,
+        format_prompt,
+        generate_checkable_tasks,
+    )
+
+    records = [r for r in generate_checkable_tasks(per_family_heldout=10) if r.split == "heldout"]
+    items = task_choice_items(records)
+    assert len(items) >= 0.9 * len(records)
+    by_prompt = {format_prompt(r.prompt): r for r in records}
+    for item in items:
+        record = by_prompt[item.context]
+        assert all(choice.endswith(EOT_TOKEN) for choice in item.choices)
+        verdicts = [check_answer(record.task, c.removesuffix(EOT_TOKEN)) for c in item.choices]
+        assert verdicts == [i == item.answer for i in range(4)]
+    assert len({item.answer for item in items}) == 4  # the right answer is not always first
+
+
+def test_paired_rows_give_each_model_minus_the_baseline_per_metric():
+    results = {
+        "base": {"m": [0.0, 0.0, 1.0, 0.0]},
+        "sft": {"m": [1.0, 0.0, 1.0, 0.0]},
+        "dpo": {"m": [1.0, 1.0, 1.0, 0.0]},
+    }
+    rows = paired_rows(results, baseline="sft")
+    assert [(r["metric"], r["model"], r["baseline"]) for r in rows] == [
+        ("m", "base", "sft"),
+        ("m", "dpo", "sft"),
+    ]
+    assert [r["diff"] for r in rows] == pytest.approx([-0.25, 0.25])
+    assert all(r["low"] <= r["diff"] <= r["high"] for r in rows)
+
+
+def test_weighted_bootstrap_mean_of_document_bits_per_byte_is_the_total_bits_per_byte():
+    scores = [HeldOutScore(100.0, 40, 150), HeldOutScore(30.0, 10, 20), HeldOutScore(7.0, 5, 9)]
+    mean, _, _ = bootstrap_interval(
+        [s.bits_per_byte for s in scores], weights=[s.bytes for s in scores]
+    )
+    assert mean == pytest.approx(total_score(scores).bits_per_byte)
+    assert mean != pytest.approx(np.mean([s.bits_per_byte for s in scores]))
+
+
+def test_mark_significance_tests_the_primary_alone_and_holm_adjusts_the_rest():
+    rows = [
+        {"metric": "a", "model": "base", "p_value": 0.04},
+        {"metric": "b", "model": "base", "p_value": 0.02},
+        {"metric": "c", "model": "base", "p_value": 0.03},
+    ]
+    mark_significance(rows, primary=("a", "base"))
+    assert [r["p_holm"] for r in rows] == pytest.approx([0.04, 0.04, 0.04])
+    assert [r["primary"] for r in rows] == [True, False, False]
+    assert all(r["significant"] for r in rows)
+    with pytest.raises(EvaluationError, match="primary"):
+        mark_significance(rows, primary=("z", "base"))
+
+
+def test_report_json_has_paired_rows_against_sft_for_every_model(tmp_path):
+    results = {
+        "base": {"task": [0.0, 1.0, 0.0, 0.0]},
+        "sft": {"task": [1.0, 1.0, 1.0, 0.0]},
+        "dpo": {"task": [1.0, 1.0, 0.0, 0.0]},
+    }
+    held_out = {name: HeldOutScore(100.0, 50, 200) for name in results}
+    documents = {name: [HeldOutScore(50.0, 25, 100)] * 2 for name in results}
+    report = Report(held_out, results, ("task", "base"), documents)
+    write_report(report, tmp_path)
+    paired = json.loads((tmp_path / "results.json").read_text())["paired"]
+    assert {(r["metric"], r["model"]) for r in paired} == {
+        (metric, model) for metric in ("task", "bits per byte") for model in ("base", "dpo")
+    }
+    assert all({"metric", "model", "baseline", "diff", "low", "high"} <= set(r) for r in paired)
+    assert all(r["baseline"] == "sft" for r in paired)
+
+
+def _tiny_model(vocab_size: int = 60, context_length: int = 16) -> LanguageModel:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=vocab_size, context_length=context_length, d_model=32, n_layers=2, n_heads=2
+    )
+    return LanguageModel(config).eval()
+
+
+def test_batched_pair_loglikelihoods_equal_each_pair_scored_alone():
+    from chapters.ch10_evaluation.evaluation import pair_loglikelihoods
+
+    model, rng = _tiny_model(), random.Random(0)
+    pairs = [  # contexts up to longer than the window, so some are cut from the left
+        (
+            [rng.randrange(60) for _ in range(rng.randint(1, 24))],
+            [rng.randrange(60) for _ in range(rng.randint(1, 6))],
+        )
+        for _ in range(40)
+    ]
+    batched = pair_loglikelihoods(model, pairs, batch_size=16)
+    for (context, continuation), score in zip(pairs, batched, strict=True):
+        ids = torch.tensor([*context, *continuation][-17:])  # no padding: one row alone
+        with torch.no_grad():
+            log_probs = model(ids[None, :-1])[0].log_softmax(dim=-1)
+        span = len(continuation)
+        alone = log_probs[-span:].gather(1, ids[-span:, None]).sum()
+        assert abs(score - float(alone)) <= 1e-4
+
+
+def test_held_out_scores_in_batches_equal_one_window_at_a_time():
+    from chapters.ch10_evaluation.evaluation import held_out_scores
+
+    model, rng = _tiny_model(vocab_size=100), random.Random(1)
+    texts = [
+        "".join(rng.choice("abcdef gh\n") for _ in range(rng.randint(3, 60))) for _ in range(9)
+    ]
+    documents = [CleanDocument(f"doc{i}", text) for i, text in enumerate(texts)]
+    batched = held_out_scores(model, CharTokenizer(), documents, 10**6, batch_size=8)
+    alone = held_out_scores(model, CharTokenizer(), documents, 10**6, batch_size=1)
+    assert [(s.tokens, s.bytes) for s in batched] == [(s.tokens, s.bytes) for s in alone]
+    assert max(abs(a.nll - b.nll) for a, b in zip(batched, alone, strict=True)) <= 1e-4
+
+
+def test_greedy_generation_by_length_equals_each_prompt_generated_alone():
+    from chapters.ch02_tokenizer.tokenizer import EOT_ID
+    from chapters.ch04_blocks.model import generate
+    from chapters.ch10_evaluation.evaluation import generate_by_length
+
+    model, rng = _tiny_model(context_length=24), random.Random(2)
+    prompts = [[rng.randrange(1, 60) for _ in range(length)] for length in (3, 5, 3, 7, 5, 3)]
+    batched = generate_by_length(model, prompts, max_new_tokens=10)
+    for prompt, (new,) in zip(prompts, batched, strict=True):
+        out = generate(model, torch.tensor([prompt]), 10, temperature=0.0, stop_token_id=EOT_ID)
+        alone = out[0, len(prompt) :].tolist()
+        assert new == (alone[: alone.index(EOT_ID)] if EOT_ID in alone else alone)

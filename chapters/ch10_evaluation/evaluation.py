@@ -4,13 +4,15 @@
 
 """Chapter 10: evaluating every checkpoint of the course on one suite, as harnesses do.
 
-The story, top to bottom: the checkpoints to compare (one list entry each) and a check that
+The story, top to bottom: the checkpoints to compare (one dict entry each) and a check that
 they speak the course tokenizer; perplexity and bits per byte on held-out text; multiple-choice
-items scored by log-likelihood (raw and length-normalised), read from and written to JSONL
-with every bad item named; generative tasks (exact match on chapter 8's held-out tasks,
-syntax validity of generated code, pass@k with the unbiased estimator); a contamination check
-against the training split with chapter 1's shingles; bootstrap confidence intervals and
-paired differences; and a report (markdown table plus figures) written atomically.
+items (code from held-out files, and chapter 8's held-out tasks in the chat format) scored by
+log-likelihood with the context/continuation boundary tokenized as lm-evaluation-harness does,
+read from and written to JSONL with every bad item named; generative tasks (exact match on
+chapter 8's held-out tasks, syntax validity of generated code, pass@k with the unbiased
+estimator); a contamination check against the training split with chapter 1's shingles;
+bootstrap intervals, paired differences with p-values and Holm-Bonferroni; and a report
+(markdown tables plus figures) written atomically.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import io
 import json
 import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,14 +51,27 @@ class Checkpoint:
     loader: str
 
 
-# Adding a model to the report is one entry here. A checkpoint whose chapter has not been
-# written yet (its module or function is missing) is listed as unavailable, not an error.
-CHECKPOINTS: tuple[Checkpoint, ...] = (
-    Checkpoint("base", "chapters.ch06_pretraining.trainer", "ensure_base_model"),
-    Checkpoint("sft", "chapters.ch08_sft.sft", "ensure_sft_model"),
-    Checkpoint("dpo", "chapters.ch09_alignment.alignment", "ensure_dpo_model"),
-    Checkpoint("rlhf", "chapters.ch09_alignment.alignment", "ensure_rlhf_model"),
-)
+# The models the report compares, name -> "module:ensure_function". Adding a model is one
+# line; one whose chapter or function does not exist yet is listed as unavailable, not an error.
+CHECKPOINTS: dict[str, str] = {
+    "base": "chapters.ch06_pretraining.trainer:ensure_base_model",
+    "sft": "chapters.ch08_sft.sft:ensure_sft_model",
+    "dpo": "chapters.ch09_alignment.alignment:ensure_dpo_model",
+    "rlhf": "chapters.ch09_alignment.alignment:ensure_rlhf_model",
+    "RL (checker)": "chapters.ch09_alignment.alignment:ensure_rl_checker_model",
+    "expert iteration": "chapters.ch09_alignment.alignment:ensure_expert_iteration_model",
+}
+
+
+def parse_checkpoints(checkpoints: Mapping[str, str]) -> list[Checkpoint]:
+    """`{name: "module:function"}` as `Checkpoint`s, in the dict's order."""
+    parsed = []
+    for name, spec in checkpoints.items():
+        module, _, loader = spec.partition(":")
+        if not module or not loader:
+            raise EvaluationError(f"checkpoint {name!r}: {spec!r} is not 'module:function'")
+        parsed.append(Checkpoint(name, module, loader))
+    return parsed
 
 
 def checkpoint_loader(checkpoint: Checkpoint) -> tuple[Callable[[], torch.nn.Module] | None, str]:
@@ -80,11 +95,11 @@ def checkpoint_loader(checkpoint: Checkpoint) -> tuple[Callable[[], torch.nn.Mod
 
 
 def available_checkpoints(
-    checkpoints: Sequence[Checkpoint] = CHECKPOINTS,
+    checkpoints: Mapping[str, str] = CHECKPOINTS,
 ) -> tuple[list[Checkpoint], list[tuple[Checkpoint, str]]]:
     """(checkpoints that can be loaded, [(checkpoint, why not) for the others])."""
     present, missing = [], []
-    for checkpoint in checkpoints:
+    for checkpoint in parse_checkpoints(checkpoints):
         loader, reason = checkpoint_loader(checkpoint)
         if loader is None:
             missing.append((checkpoint, reason))
@@ -94,7 +109,7 @@ def available_checkpoints(
 
 
 def load_checkpoints(
-    tokenizer, checkpoints: Sequence[Checkpoint] = CHECKPOINTS
+    tokenizer, checkpoints: Mapping[str, str] = CHECKPOINTS
 ) -> tuple[dict[str, torch.nn.Module], list[tuple[Checkpoint, str]]]:
     """({name: model in eval mode}, [(checkpoint, why not) for those that cannot be loaded]).
 
@@ -102,7 +117,7 @@ def load_checkpoints(
     fatal. A model trained with another tokenizer is fatal: it is a wrong input, not a gap.
     """
     models, missing = {}, []
-    for checkpoint in checkpoints:
+    for checkpoint in parse_checkpoints(checkpoints):
         loader, reason = checkpoint_loader(checkpoint)
         if loader is None:
             missing.append((checkpoint, reason))
@@ -187,40 +202,86 @@ class HeldOutScore:
         return bits_per_byte(self.nll, self.bytes)
 
 
-@torch.no_grad()
+def document_windows(token_ids: Sequence[int], context: int) -> list[list[int]]:
+    """A document cut into windows of `context` + 1 tokens that overlap by one token: each
+    window predicts its tokens after the first, so every token after the document's first is
+    predicted exactly once."""
+    ids = list(token_ids)
+    return [ids[start : start + context + 1] for start in range(0, max(len(ids) - 1, 0), context)]
+
+
+def right_padded(rows: Sequence[Sequence[int]], fill: int) -> torch.Tensor:
+    """Rows of token ids as one (B, longest) tensor, filled with `fill` after each row's end.
+
+    The models are causal: position t attends to positions <= t only, so whatever follows a
+    row's real tokens changes none of their logits, and one forward pass scores many rows."""
+    batch = torch.full((len(rows), max(len(row) for row in rows)), fill, dtype=torch.long)
+    for i, row in enumerate(rows):
+        batch[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return batch
+
+
+@torch.inference_mode()
+def window_nlls(
+    model: torch.nn.Module, windows: Sequence[Sequence[int]], batch_size: int = 32
+) -> list[float]:
+    """Summed NLL (nats) of each window's tokens after its first, `batch_size` windows per
+    forward pass (a tiny model on a CPU spends most of a one-window pass on overhead)."""
+    nlls: list[float] = []
+    for start in range(0, len(windows), batch_size):
+        batch = right_padded(windows[start : start + batch_size], fill=-100)  # (B, T + 1)
+        logits = model(batch[:, :-1].clamp(min=0))  # padding fed as id 0, after the real ids
+        # -100 is cross_entropy's ignore_index: padded targets add 0 to a window's sum
+        losses = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+        nlls += losses.sum(dim=1).tolist()
+    return nlls
+
+
 def document_nll(model: torch.nn.Module, token_ids: Sequence[int]) -> float:
-    """Summed NLL (nats) of every token of a document after the first, in windows of the
-    model's context length that overlap by one token (each token is predicted once)."""
-    context = model.config.context_length
-    ids = torch.tensor(list(token_ids), dtype=torch.long)
-    total = 0.0
-    for start in range(0, max(len(ids) - 1, 0), context):
-        window = ids[start : start + context + 1]  # (T + 1,)
-        logits = model(window[None, :-1])  # (1, T, V)
-        total += float(F.cross_entropy(logits[0], window[1:], reduction="sum"))
-    return total
+    """Summed NLL (nats) of every token of a document after the first (`document_windows`)."""
+    return sum(window_nlls(model, document_windows(token_ids, model.config.context_length)))
 
 
-def held_out_score(
+def held_out_scores(
     model: torch.nn.Module,
     tokenizer,
     documents: Iterable[CleanDocument],
     max_tokens: int = 40_000,
-) -> HeldOutScore:
-    """NLL of held-out documents, each starting after `<|endoftext|>` as in training, until
-    about `max_tokens` tokens are scored. Bytes count the UTF-8 text of the same documents."""
+    batch_size: int = 32,
+) -> list[HeldOutScore]:
+    """One score per held-out document, each starting after `<|endoftext|>` as in training,
+    until about `max_tokens` tokens are scored. Bytes count the document's UTF-8 text.
+    Per-document scores let the bootstrap resample documents, as it resamples items. The
+    windows of all documents go through the model together, `batch_size` at a time."""
     model.eval()
-    score = HeldOutScore(0.0, 0, 0)
+    encoded, tokens = [], 0
     for document in documents:
         ids = [EOT_ID, *tokenizer.encode(document.text, add_special_tokens=False).ids]
-        score.nll += document_nll(model, ids)
-        score.tokens += len(ids) - 1
-        score.bytes += len(document.text.encode("utf-8"))
-        if score.tokens >= max_tokens:
+        encoded.append((ids, len(document.text.encode())))
+        tokens += len(ids) - 1
+        if tokens >= max_tokens:
             break
-    if score.tokens == 0:
+    if tokens == 0:
         raise EvaluationError("no held-out tokens were scored: the documents were empty")
-    return score
+    context = model.config.context_length
+    windows = [document_windows(ids, context) for ids, _ in encoded]
+    nlls = iter(window_nlls(model, [w for mine in windows for w in mine], batch_size))
+    return [
+        HeldOutScore(sum(next(nlls) for _ in mine), len(ids) - 1, n_bytes)
+        for mine, (ids, n_bytes) in zip(windows, encoded, strict=True)
+    ]
+
+
+def total_score(scores: Iterable[HeldOutScore]) -> HeldOutScore:
+    """The documents' scores added up: bits per byte of all their text together."""
+    total = HeldOutScore(0.0, 0, 0)
+    for score in scores:
+        total.nll, total.tokens, total.bytes = (
+            total.nll + score.nll,
+            total.tokens + score.tokens,
+            total.bytes + score.bytes,
+        )
+    return total
 
 
 @dataclass
@@ -399,39 +460,99 @@ def docstring_items(
     return items
 
 
-@torch.no_grad()
-def continuation_logprobs(
-    model: torch.nn.Module, context_ids: Sequence[int], continuations: Sequence[Sequence[int]]
-) -> list[float]:
-    """Summed log-probability of each continuation's tokens after the context, in one batch.
+def task_choice_items(records: Sequence, seed: int = 0) -> list[MultipleChoiceItem]:
+    """Multiple choice on chapter 8's checkable tasks, in the chat format the fine-tuned
+    models were trained with: the right response against three the checker rejects (another
+    task's answer, the answer with a stray period, the answer said twice). Every choice ends
+    in `<|endoftext|>`, so a model is also scored on stopping. Chance is 1/4."""
+    from chapters.ch08_sft.sft import EOT_TOKEN, check_answer, format_prompt
 
-    The context is cut from the left so that context + continuation fits the model's window
-    (as lm-evaluation-harness does); only continuation tokens are scored.
+    rng = random.Random(seed)
+    items: list[MultipleChoiceItem] = []
+    for record in records:
+        right = record.response
+        others = [r.response for r in records if r.source == record.source]
+        rejected = [a for a in others if not check_answer(record.task, a)]
+        if not rejected:
+            continue
+        wrong = [rng.choice(rejected), right.rstrip() + ".", f"{right} {right.strip()}"]
+        if any(check_answer(record.task, w) for w in wrong) or len({right, *wrong}) < 4:
+            continue  # a distractor the checker accepts would make the item ambiguous
+        choices, answer = _shuffled_choices(right + EOT_TOKEN, [w + EOT_TOKEN for w in wrong], rng)
+        context = format_prompt(record.prompt)
+        items.append(
+            MultipleChoiceItem(f"task-{len(items)}", "task choice", context, choices, answer)
+        )
+    return items
+
+
+def move_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
+    """(context without its trailing whitespace, that whitespace + continuation).
+
+    BPE merges a newline with the indentation after it ("\\n    " is one token), so a context
+    that ends in whitespace ends in a token the model would never see before that text. As
+    lm-evaluation-harness does, the whitespace moves into the continuation, where the
+    tokenizer can merge it with what follows.
     """
-    context = model.config.context_length
+    stripped = context.rstrip()
+    return stripped, context[len(stripped) :] + continuation
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as lm-evaluation-harness encodes them: the trailing
+    whitespace moved over, the two encoded *together*, the continuation being the tokens
+    after the context's own encoding, so the boundary is tokenized as in running text."""
+    context, continuation = move_trailing_whitespace(context, continuation)
+    context_ids = tokenizer.encode(context, add_special_tokens=False).ids
+    whole_ids = tokenizer.encode(context + continuation, add_special_tokens=False).ids
+    return context_ids, whole_ids[len(context_ids) :]
+
+
+@torch.inference_mode()
+def pair_loglikelihoods(
+    model: torch.nn.Module,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    batch_size: int = 64,
+) -> list[float]:
+    """Summed log-probability of each (context ids, continuation ids) pair's continuation.
+
+    Each context is cut from the left so that context + continuation fits the model's window
+    (as lm-evaluation-harness does); only continuation tokens are scored. The pairs go through
+    the model `batch_size` at a time, right-padded (`right_padded`), sorted by length so
+    that a batch pads little; the scores come back in the pairs' order.
+    """
+    window = model.config.context_length + 1
     rows, spans = [], []
-    for continuation in continuations:
+    for context_ids, continuation in pairs:
         if not continuation:
             raise EvaluationError("a continuation encodes to zero tokens; nothing to score")
-        ids = [*context_ids, *continuation][-(context + 1) :]
-        rows.append(ids)
+        rows.append([*context_ids, *continuation][-window:])
         spans.append(len(continuation))
-    width = max(len(ids) for ids in rows)
-    batch = torch.zeros(len(rows), width, dtype=torch.long)  # padded on the right, never scored
-    for i, ids in enumerate(rows):
-        batch[i, : len(ids)] = torch.tensor(ids)
-    log_probs = model(batch[:, :-1]).log_softmax(dim=-1)  # (C, W - 1, V)
-    scores = []
-    for i, (ids, span) in enumerate(zip(rows, spans, strict=True)):
-        targets = torch.tensor(ids[-span:])  # the continuation's ids
-        positions = torch.arange(len(ids) - span - 1, len(ids) - 1)  # where each is predicted
-        scores.append(float(log_probs[i, positions, targets].sum()))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    scores = [0.0] * len(rows)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = right_padded([rows[i] for i in chunk], fill=0)  # (B, W)
+        logits = model(batch[:, :-1])  # (B, W - 1, V)
+        for b, i in enumerate(chunk):
+            end, span = len(rows[i]), spans[i]
+            # the logits at end - span - 1 ... end - 2 predict the continuation's tokens
+            log_probs = logits[b, end - span - 1 : end - 1].log_softmax(dim=-1)  # (span, V)
+            scores[i] = float(log_probs.gather(1, batch[b, end - span : end, None]).sum())
     return scores
 
 
+def continuation_logprobs(
+    model: torch.nn.Module, context_ids: Sequence[int], continuations: Sequence[Sequence[int]]
+) -> list[float]:
+    """Summed log-probability of each continuation's tokens after one shared context."""
+    return pair_loglikelihoods(model, [(context_ids, c) for c in continuations])
+
+
 def choose(loglikelihoods: Sequence[float], byte_lengths: Sequence[int], normalised: bool) -> int:
-    """Index of the best choice: highest log-likelihood, or highest per byte of the choice
-    (lm-evaluation-harness's `acc_norm`), which stops long choices from losing by length."""
+    """Index of the best choice: highest log-likelihood, or highest per byte of the choice,
+    which stops long choices from losing by length (lm-evaluation-harness's `acc_norm`
+    divides by characters; for ASCII code the two are the same)."""
     if normalised:
         scores = [ll / n for ll, n in zip(loglikelihoods, byte_lengths, strict=True)]
     else:
@@ -439,15 +560,23 @@ def choose(loglikelihoods: Sequence[float], byte_lengths: Sequence[int], normali
     return int(np.argmax(scores))
 
 
-def score_multiple_choice(model, tokenizer, items: Sequence[MultipleChoiceItem]) -> list[dict]:
+def score_multiple_choice(
+    model, tokenizer, items: Sequence[MultipleChoiceItem], batch_size: int = 64
+) -> list[dict]:
     """One row per item: its task, the log-likelihoods and whether the raw and the
-    length-normalised choice is right."""
+    length-normalised choice is right. Context and choice are encoded together
+    (`encode_pair`), so the boundary between them is tokenized as in running text. Every
+    item's choices are scored together, `batch_size` (context, choice) pairs per forward."""
     model.eval()
+    pairs = []
+    for item in items:
+        for choice in item.choices:
+            context_ids, choice_ids = encode_pair(tokenizer, item.context, choice)
+            pairs.append(([EOT_ID, *context_ids], choice_ids))
+    scores = iter(pair_loglikelihoods(model, pairs, batch_size))
     rows = []
     for item in items:
-        context_ids = [EOT_ID, *tokenizer.encode(item.context, add_special_tokens=False).ids]
-        continuations = [tokenizer.encode(c, add_special_tokens=False).ids for c in item.choices]
-        loglikelihoods = continuation_logprobs(model, context_ids, continuations)
+        loglikelihoods = [next(scores) for _ in item.choices]
         lengths = [len(c.encode("utf-8")) for c in item.choices]
         rows.append(
             {
@@ -471,36 +600,65 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-@torch.no_grad()
-def sample_responses(
+@torch.inference_mode()
+def generate_by_length(
+    model,
+    prompts: Sequence[Sequence[int]],
+    n: int = 1,
+    max_new_tokens: int = 24,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> list[list[list[int]]]:
+    """`n` generated continuations (token ids, cut before `<|endoftext|>`) of each prompt.
+
+    Chapter 4's `generate` takes no padding, so prompts of the same token length go through
+    as one batch, with their `n` samples as rows of it: a few hundred prompts of a few dozen
+    lengths need a few dozen calls instead of one each. Greedy rows are those the prompt
+    alone would give; sampled rows draw from one generator, in a different order.
+    """
+    from chapters.ch04_blocks.model import generate
+
+    by_length: dict[int, list[int]] = {}
+    for index, ids in enumerate(prompts):
+        by_length.setdefault(len(ids), []).append(index)
+    generator = torch.Generator().manual_seed(seed)
+    generated: list[list[list[int]]] = [[] for _ in prompts]
+    for length, indices in by_length.items():
+        rows = [i for i in indices for _ in range(n)]
+        out = generate(
+            model,
+            torch.tensor([list(prompts[i]) for i in rows]),
+            max_new_tokens,
+            temperature=temperature,
+            generator=generator,
+            stop_token_id=EOT_ID,
+        )
+        for i, new in zip(rows, out[:, length:].tolist(), strict=True):
+            generated[i].append(new[: new.index(EOT_ID)] if EOT_ID in new else new)
+    return generated
+
+
+def chat_responses(
     model,
     tokenizer,
-    prompt: str,
-    n: int,
+    prompts: Sequence[str],
+    n: int = 1,
     max_new_tokens: int = 24,
-    temperature: float = 0.8,
+    temperature: float = 0.0,
     seed: int = 0,
-) -> list[str]:
-    """`n` sampled answers to a chat prompt (one batch), each cut at `<|endoftext|>`."""
-    from chapters.ch04_blocks.model import generate
-    from chapters.ch08_sft.sft import format_prompt
+) -> list[list[str]]:
+    """`n` answers to each chat prompt (greedy at temperature 0), each cut at `<|endoftext|>`,
+    the prompt built as chapter 8's `greedy_response` builds it. The held-out tasks share one
+    template per family, so `generate_by_length` batches them well."""
+    from chapters.ch02_tokenizer.tokenizer import ASSISTANT_ID, USER_ID
 
-    ids = tokenizer.encode(format_prompt(prompt), add_special_tokens=False).ids
-    ids = ids[-(model.config.context_length - max_new_tokens) :]
-    generator = torch.Generator().manual_seed(seed)
-    out = generate(
-        model,
-        torch.tensor([ids] * n),
-        max_new_tokens,
-        temperature=temperature,
-        generator=generator,
-        stop_token_id=EOT_ID,
-    )
-    answers = []
-    for row in out[:, len(ids) :].tolist():
-        row = row[: row.index(EOT_ID)] if EOT_ID in row else row
-        answers.append(tokenizer.decode(row, skip_special_tokens=True))
-    return answers
+    room = model.config.context_length - max_new_tokens - 2  # keep the template tokens
+    encoded = [
+        [USER_ID, *tokenizer.encode(p, add_special_tokens=False).ids[-room:], ASSISTANT_ID]
+        for p in prompts
+    ]
+    generated = generate_by_length(model, encoded, n, max_new_tokens, temperature, seed)
+    return [[tokenizer.decode(ids, skip_special_tokens=True) for ids in mine] for mine in generated]
 
 
 def evaluate_checkable_tasks(
@@ -512,15 +670,16 @@ def evaluate_checkable_tasks(
     seed: int = 0,
 ) -> list[dict]:
     """Chapter 8's held-out tasks: greedy exact match, and pass@k from `n_samples` samples."""
-    from chapters.ch08_sft.sft import check_answer, greedy_response
+    from chapters.ch08_sft.sft import check_answer
 
+    prompts = [record.prompt for record in records]
+    greedy = chat_responses(model, tokenizer, prompts)
+    samples = chat_responses(model, tokenizer, prompts, n_samples, temperature=0.8, seed=seed)
     rows = []
     for index, record in enumerate(records):
-        greedy = greedy_response(model, tokenizer, record.prompt)
-        samples = sample_responses(model, tokenizer, record.prompt, n_samples, seed=seed + index)
-        correct = sum(check_answer(record.task, answer) for answer in samples)
+        correct = sum(check_answer(record.task, answer) for answer in samples[index])
         row = {"id": f"{record.source}-{index}", "family": record.source, "prompt": record.prompt}
-        row["greedy_correct"] = check_answer(record.task, greedy)
+        row["greedy_correct"] = check_answer(record.task, greedy[index][0])
         row.update({f"pass@{k}": pass_at_k(n_samples, correct, k) for k in ks})
         rows.append(row)
     return rows
@@ -548,34 +707,29 @@ def is_valid_python(source: str) -> bool:
     return True
 
 
-@torch.no_grad()
 def syntax_validity(
     model,
     tokenizer,
     prompts: Sequence[str],
-    max_new_tokens: int = 48,
+    max_new_tokens: int = 32,
     temperature: float = 0.0,
     seed: int = 0,
 ) -> list[bool]:
     """For each code prompt (a function header and docstring), generate a body and check that
-    prompt + the generated body (`function_body`) parses. An empty body counts as invalid."""
-    from chapters.ch04_blocks.model import generate
+    prompt + the generated body (`function_body`) parses. An empty body counts as invalid.
 
-    generator = torch.Generator().manual_seed(seed)
+    The model sees the prompt cut before its trailing newline (`move_trailing_whitespace`):
+    the newline and the indentation after it are one token, which the model must write
+    itself. A generation that does not start a new line has written no body. Prompts of the
+    same token length are generated together (`generate_by_length`).
+    """
+    contexts = [move_trailing_whitespace(prompt, "")[0] for prompt in prompts]
+    encoded = [[EOT_ID, *tokenizer.encode(c, add_special_tokens=False).ids] for c in contexts]
+    generated = generate_by_length(model, encoded, 1, max_new_tokens, temperature, seed)
     valid = []
-    for prompt in prompts:
-        ids = [EOT_ID, *tokenizer.encode(prompt, add_special_tokens=False).ids]
-        out = generate(
-            model,
-            torch.tensor([ids]),
-            max_new_tokens,
-            temperature=temperature,
-            generator=generator,
-            stop_token_id=EOT_ID,
-        )
-        body = function_body(
-            tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
-        )
+    for prompt, context, (new,) in zip(prompts, contexts, generated, strict=True):
+        text = context + tokenizer.decode(new, skip_special_tokens=True)
+        body = function_body(text[len(prompt) :]) if text.startswith(prompt) else ""
         valid.append(bool(body) and is_valid_python(prompt + body))
     return valid
 
@@ -617,19 +771,48 @@ def contaminated_items(overlap: dict[str, float], threshold: float = 0.5) -> lis
     return sorted(item_id for item_id, fraction in overlap.items() if fraction >= threshold)
 
 
+def _resampled_means(
+    values: np.ndarray, weights: np.ndarray, n_resamples: int, seed: int
+) -> np.ndarray:
+    """The weighted mean of `values` over `n_resamples` resamples of the items."""
+    index = np.random.default_rng(seed).integers(0, values.size, size=(n_resamples, values.size))
+    return (values[index] * weights[index]).sum(axis=1) / weights[index].sum(axis=1)
+
+
 def bootstrap_interval(
-    outcomes: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+    outcomes: Sequence[float],
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    weights: Sequence[float] | None = None,
 ) -> tuple[float, float, float]:
     """(mean, low, high): the percentile bootstrap interval of the mean of `outcomes`
-    (resample items with replacement, recompute the mean, take the middle `confidence`)."""
+    (resample items with replacement, recompute the mean, take the middle `confidence`).
+
+    `weights` makes it a weighted mean: per-document bits per byte weighted by each
+    document's bytes is the bits per byte of all the text together."""
     values = np.asarray(outcomes, dtype=float)
     if values.size == 0:
         raise EvaluationError("no outcomes to bootstrap: the task has no items")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(n_resamples, values.size))].mean(axis=1)
+    w = np.ones_like(values) if weights is None else np.asarray(weights, dtype=float)
+    means = _resampled_means(values, w, n_resamples, seed)
     tail = (1.0 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
-    return float(values.mean()), float(low), float(high)
+    return float((values * w).sum() / w.sum()), float(low), float(high)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """mean(a) - mean(b) on the same items, its bootstrap interval and two-sided p-value."""
+
+    diff: float
+    low: float
+    high: float
+    p_value: float
+
+    @property
+    def significant(self) -> bool:  # at the interval's confidence, before any correction
+        return self.low > 0 or self.high < 0
 
 
 def paired_difference(
@@ -638,19 +821,79 @@ def paired_difference(
     n_resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
-) -> tuple[float, float, float, bool]:
-    """(mean of a - b, low, high, significant) on the same items, resampled together.
+    weights: Sequence[float] | None = None,
+) -> PairedDifference:
+    """The difference of two models on the same items, the items resampled together.
 
-    Pairing removes the item-difficulty noise that two separate intervals would both carry;
-    the difference is significant when its interval excludes 0.
+    Pairing removes the item-difficulty noise that two separate intervals would both carry.
+    The p-value is twice the smaller share of resampled differences on either side of 0
+    (capped at 1): how often a resample contradicts the sign of the difference.
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         raise EvaluationError(
             f"paired outcomes must cover the same items; got {a.size} and {b.size}"
         )
-    mean, low, high = bootstrap_interval(a - b, n_resamples, confidence, seed)
-    return mean, low, high, bool(low > 0 or high < 0)
+    diff, low, high = bootstrap_interval(a - b, n_resamples, confidence, seed, weights)
+    w = np.ones_like(a) if weights is None else np.asarray(weights, dtype=float)
+    means = _resampled_means(a - b, w, n_resamples, seed)
+    p_value = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
+    return PairedDifference(diff, low, high, p_value)
+
+
+def holm_bonferroni(p_values: Sequence[float]) -> list[float]:
+    """Holm's adjusted p-values, in the order given: the i-th smallest of m (i from 0) is
+    multiplied by m - i, capped at 1, and never below the one before it. Calling "significant"
+    only what stays below 0.05 keeps the chance of even one false verdict among all m below
+    5% (Holm 1979), without Bonferroni's m-times penalty on every test."""
+    m = len(p_values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def paired_rows(
+    results: dict[str, dict[str, Sequence[float]]],
+    baseline: str = "sft",
+    weights: dict[str, Sequence[float]] | None = None,
+) -> list[dict]:
+    """For every metric and every model but `baseline`: the paired difference model -
+    baseline on the same items, its 95% interval and two-sided p-value. `weights[metric]`,
+    where given, weighs the items (each document's bytes, for bits per byte)."""
+    weights = weights or {}
+    rows = []
+    for metric, base_outcomes in results[baseline].items():
+        for model_name, metrics in results.items():
+            if model_name == baseline:
+                continue
+            difference = paired_difference(
+                metrics[metric], base_outcomes, weights=weights.get(metric)
+            )
+            rows.append(
+                {"metric": metric, "model": model_name, "baseline": baseline}
+                | {k: getattr(difference, k) for k in ("diff", "low", "high", "p_value")}
+            )
+    return rows
+
+
+def mark_significance(rows: list[dict], primary: tuple[str, str], alpha: float = 0.05) -> None:
+    """Add `p_holm` and `significant` to each paired row, in place. The `primary` (metric,
+    model) row, declared before measuring, is tested alone at `alpha`; every other row is a
+    secondary comparison, and Holm-Bonferroni adjusts their p-values as one family."""
+    secondary = [row for row in rows if (row["metric"], row["model"]) != primary]
+    if len(secondary) == len(rows):
+        raise EvaluationError(f"the primary comparison {primary} is not among the paired rows")
+    for row, adjusted in zip(
+        secondary, holm_bonferroni([r["p_value"] for r in secondary]), strict=True
+    ):
+        row["p_holm"], row["primary"] = adjusted, False
+    for row in rows:
+        if (row["metric"], row["model"]) == primary:
+            row["p_holm"], row["primary"] = row["p_value"], True
+        row["significant"] = bool(row["p_holm"] < alpha)
 
 
 def accuracy_table(results: dict[str, dict[str, Sequence[float]]]) -> list[dict]:
@@ -673,22 +916,18 @@ def accuracy_table(results: dict[str, dict[str, Sequence[float]]]) -> list[dict]
     return rows
 
 
-def significance_statements(results: dict[str, dict[str, Sequence[float]]]) -> list[str]:
-    """One sentence per metric and pair of models: the paired difference and whether it is
-    significant at 95%."""
-    names = list(results)
+def significance_statements(rows: list[dict]) -> list[str]:
+    """One sentence per paired row (after `mark_significance`): the difference, its interval,
+    its p-value before and after Holm's correction, and the verdict."""
     statements = []
-    for metric in results[names[0]] if names else []:
-        for i, first in enumerate(names):
-            for second in names[i + 1 :]:
-                mean, low, high, significant = paired_difference(
-                    results[second][metric], results[first][metric]
-                )
-                verdict = "significant" if significant else "not significant"
-                statements.append(
-                    f"{metric}: {second} - {first} = {mean:+.3f} "
-                    f"(95% CI {low:+.3f} to {high:+.3f}), {verdict}"
-                )
+    for row in sorted(rows, key=lambda r: not r["primary"]):
+        verdict = "significant" if row["significant"] else "not significant"
+        role = "PRIMARY " if row["primary"] else ""
+        statements.append(
+            f"{role}{row['metric']}: {row['model']} - {row['baseline']} = {row['diff']:+.3f} "
+            f"(95% CI {row['low']:+.3f} to {row['high']:+.3f}; p {row['p_value']:.4f}, "
+            f"Holm {row['p_holm']:.4f}), {verdict}"
+        )
     return statements
 
 
@@ -721,8 +960,24 @@ class Report:
 
     held_out: dict[str, HeldOutScore]
     results: dict[str, dict[str, list[float]]]
+    primary: tuple[str, str]  # (metric, model): the one comparison with the baseline declared first
+    documents: dict[str, list[HeldOutScore]] = field(default_factory=dict)  # per held-out document
+    baseline: str = "sft"
     notes: list[str] = field(default_factory=list)
     chance: float | None = None  # drawn as a line: the multiple-choice chance level
+
+    def paired(self) -> list[dict]:
+        """Every metric (bits per byte too, when `documents` is given) of every model against
+        the baseline, marked significant or not by the primary test and Holm's rule."""
+        outcomes = {name: dict(metrics) for name, metrics in self.results.items()}
+        weights = {}
+        if self.documents:  # bits per byte per document, weighted by its bytes
+            for name, scores in self.documents.items():
+                outcomes[name]["bits per byte"] = [score.bits_per_byte for score in scores]
+            weights["bits per byte"] = [score.bytes for score in self.documents[self.baseline]]
+        rows = paired_rows(outcomes, self.baseline, weights)
+        mark_significance(rows, self.primary)
+        return rows
 
 
 def write_report(report: Report, folder: str | Path) -> Path:
@@ -734,6 +989,7 @@ def write_report(report: Report, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = accuracy_table(report.results)
+    paired = report.paired()
     use_course_style()
 
     figure, axis = plt.subplots(figsize=(8, 4))
@@ -771,8 +1027,8 @@ def write_report(report: Report, folder: str | Path) -> Path:
         [
             "# Chapter 10: evaluation report",
             markdown_table(rows, report.held_out),
-            "## Significance (paired bootstrap, 95%)",
-            "\n".join(f"- {s}" for s in significance_statements(report.results)),
+            f"## Against {report.baseline} (paired bootstrap, 95%; primary, then Holm-Bonferroni)",
+            "\n".join(f"- {s}" for s in significance_statements(paired)),
             "## Notes",
             "\n".join(f"- {note}" for note in report.notes),
             "![accuracy](accuracy.png)\n\n![bits per byte](bits_per_byte.png)",
@@ -786,6 +1042,12 @@ def write_report(report: Report, folder: str | Path) -> Path:
             for name, score in report.held_out.items()
         },
         "accuracy": rows,
+        "paired": paired,
+        "primary": {
+            "metric": report.primary[0],
+            "model": report.primary[1],
+            "baseline": report.baseline,
+        },
         "notes": report.notes,
     }
     with atomic_write(folder / "results.json") as file:
