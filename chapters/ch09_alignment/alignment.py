@@ -11,8 +11,10 @@ log-probabilities over response tokens only (chapter 8's masks); the DPO loss (R
 al. 2023) with its TRL-style metrics and a training loop on chapter 6's optimizer and
 schedule; RLHF: a reward model (the SFT model with a scalar head, Bradley-Terry loss) and
 PPO's clipped objective with a group baseline as in GRPO (Shao et al. 2024) and a KL penalty
-to the frozen reference; the comparison (win rate by the programmatic judge, accuracy, KL,
-cost); and `ensure_dpo_model()` / `ensure_rlhf_model()` for chapter 10.
+to the frozen reference; the same GRPO with chapter 8's checker as a verifiable reward on
+fresh training-side prompts, and expert iteration beside it; the comparison (win rate by the programmatic judge, accuracy, KL,
+cost, paired bootstrap intervals); and `ensure_dpo_model()`, `ensure_rlhf_model()`,
+`ensure_rl_checker_model()` and `ensure_expert_iteration_model()` for chapter 10.
 """
 
 import copy
