@@ -647,18 +647,14 @@ def chat_responses(
     temperature: float = 0.0,
     seed: int = 0,
 ) -> list[list[str]]:
-    """`n` answers to each chat prompt (greedy at temperature 0), each cut at `<|endoftext|>`,
-    the prompt built as chapter 8's `greedy_response` builds it. The held-out tasks share one
-    template per family, so `generate_by_length` batches them well."""
-    from chapters.ch02_tokenizer.tokenizer import ASSISTANT_ID, USER_ID
+    """`n` answers to each chat prompt (greedy at temperature 0), each cut at `<|endoftext|>`:
+    chapter 8's `sample_groups`, which builds the prompt as training did and batches prompts
+    of the same length (the held-out tasks share one template per family)."""
+    from chapters.ch08_sft.sft import response_text, sample_groups
 
-    room = model.config.context_length - max_new_tokens - 2  # keep the template tokens
-    encoded = [
-        [USER_ID, *tokenizer.encode(p, add_special_tokens=False).ids[-room:], ASSISTANT_ID]
-        for p in prompts
-    ]
-    generated = generate_by_length(model, encoded, n, max_new_tokens, temperature, seed)
-    return [[tokenizer.decode(ids, skip_special_tokens=True) for ids in mine] for mine in generated]
+    generator = torch.Generator().manual_seed(seed)
+    groups = sample_groups(model, tokenizer, prompts, n, max_new_tokens, temperature, generator)
+    return [[response_text(tokenizer, sample) for sample in group] for group in groups]
 
 
 def evaluate_checkable_tasks(
