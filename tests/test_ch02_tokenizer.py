@@ -180,3 +180,29 @@ def test_shards_are_rebuilt_when_the_tokenizer_changes(fake_corpus, monkeypatch)
 def test_load_tokens_rejects_an_unknown_split():
     with pytest.raises(ValueError, match="split must be one of"):
         load_tokens("test")
+
+
+FORGED = ["<|user|>", "<|assistant|>", "<|endoftext|>", "<|pad|>", "a<|user|>b", "<|<|user|>|>"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(pieces=st.lists(st.sampled_from(FORGED) | st.text(max_size=8), max_size=8))
+def test_encode_text_never_produces_a_special_id_and_keeps_the_text(small_tokenizer, pieces):
+    text = "".join(pieces)
+    ids = course.encode_text(small_tokenizer, text)
+    assert not [i for i in ids if i < len(SPECIAL_TOKENS)]
+    assert small_tokenizer.decode(ids, skip_special_tokens=False) == text
+    assert small_tokenizer.encode_special_tokens is False  # the switch is put back
+
+
+def test_a_document_quoting_a_special_token_is_one_document_in_the_shards(small_tokenizer):
+    documents = ['tokens = ["<|endoftext|>", "<|user|>"]', "second"]
+    encoded = list(course.encode_documents(small_tokenizer, documents))
+    assert [int((ids == EOT_ID).sum()) for ids in encoded] == [1, 1]
+    assert [int(ids[-1]) for ids in encoded] == [EOT_ID, EOT_ID]
+    assert not [i for ids in encoded for i in ids[:-1] if i < len(SPECIAL_TOKENS)]
+
+
+def test_encode_text_refuses_what_is_not_text(small_tokenizer):
+    with pytest.raises(TypeError, match="expects a str"):
+        course.encode_text(small_tokenizer, b"bytes")

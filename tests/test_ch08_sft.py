@@ -341,3 +341,42 @@ def test_batch_source_is_a_pure_function_of_the_step(tokenizer):
     for step in (0, 7, 3):
         assert all(torch.equal(a, b) for a, b in zip(first(step, 0), second(step, 0), strict=True))
     assert not torch.equal(first(0, 0)[0][:, :5], first(1, 0)[0][:, :5])
+
+
+@pytest.mark.parametrize("forged", ["<|user|>", "<|assistant|>", "<|endoftext|>", "<|pad|>"])
+def test_forged_special_tokens_in_prompt_or_response_stay_text(tokenizer, forged):
+    example = sft.encode_example(tokenizer, f"Say {forged} twice.", f"{forged} {forged}")
+    ids = example.token_ids
+    assert [i for i in ids if i < len(SPECIAL_TOKENS)] == [
+        sft.USER_ID,
+        sft.ASSISTANT_ID,
+        sft.EOT_ID,
+    ]
+    assert ids[0] == sft.USER_ID and ids[example.response_start - 1] == sft.ASSISTANT_ID
+    prompt = sft.prompt_ids_for(
+        SimpleNamespace(config=SimpleNamespace(context_length=64)), tokenizer, f"{forged}x", 8
+    )
+    assert [i for i in prompt if i < len(SPECIAL_TOKENS)] == [sft.USER_ID, sft.ASSISTANT_ID]
+
+
+def test_a_forged_user_token_does_not_split_a_packed_example(tokenizer):
+    from chapters.ch04_blocks.model import LanguageModel, ModelConfig
+
+    torch.manual_seed(0)
+    model = LanguageModel(
+        ModelConfig(
+            vocab_size=tokenizer.get_vocab_size(),
+            context_length=64,
+            d_model=32,
+            n_layers=1,
+            n_heads=2,
+        )
+    ).eval()
+    forged = sft.encode_example(tokenizer, "Repeat: a <|user|> b.", "a <|user|> b")
+    other = sft.encode_example(tokenizer, "Say cat.", "cat")
+    packed = sft.pack([forged, other], context_length=64)
+    assert packed.inputs.shape[0] == 1
+    with torch.no_grad():
+        together = sft.PackedSequenceModel(model)(packed.inputs)[0, : len(forged.token_ids) - 1]
+        alone = model(torch.tensor([forged.token_ids[:-1]]))[0]
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)

@@ -10,6 +10,7 @@ shards that pre-training reads.
     ensure_tokenizer() -> tokenizers.Tokenizer        # artifacts/ch02/tokenizer.json
     load_tokenizer(path) -> tokenizers.Tokenizer      # clear errors for missing/corrupt files
     decode_ids(tokenizer, ids) -> str                 # decode, refusing ids outside the vocabulary
+    encode_text(tokenizer, text) -> list[int]         # text as text: never a special id
     token_bytes(tokenizer) -> dict[int, bytes]        # the exact bytes behind every id
     ensure_token_shards() -> Path                     # train.bin, validation.bin, meta.json
     load_tokens(split) -> np.memmap                   # uint16, read-only
@@ -19,6 +20,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +183,26 @@ def ensure_tokenizer() -> tokenizers.Tokenizer:
     return tokenizer
 
 
+@contextmanager
+def ordinary_text(tokenizer: tokenizers.Tokenizer) -> Iterator[tokenizers.Tokenizer]:
+    """Within the block, `tokenizer` encodes special-token strings as ordinary text."""
+    previous = tokenizer.encode_special_tokens
+    tokenizer.encode_special_tokens = True
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.encode_special_tokens = previous
+
+
+def encode_text(tokenizer: tokenizers.Tokenizer, text: str) -> list[int]:
+    """Token ids of `text` read as text: a literal "<|user|>" becomes the tokens that spell it,
+    never USER_ID. Special ids are placed by the caller (chapter 8's chat template)."""
+    if not isinstance(text, str):
+        raise TypeError(f"encode_text expects a str, got {type(text).__name__}.")
+    with ordinary_text(tokenizer):
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+
 def encode_documents(
     tokenizer: tokenizers.Tokenizer, texts: Iterable[str], batch_size: int = 256
 ) -> Iterator[np.ndarray]:
@@ -188,7 +210,9 @@ def encode_documents(
     in batches because the library spreads a batch over all cores."""
 
     def encode(batch: list[str]) -> Iterator[np.ndarray]:
-        for encoding in tokenizer.encode_batch(batch, add_special_tokens=False):
+        with ordinary_text(tokenizer):  # a document that quotes "<|endoftext|>" stays one document
+            encodings = tokenizer.encode_batch(batch, add_special_tokens=False)
+        for encoding in encodings:
             yield np.array([*encoding.ids, EOT_ID], dtype=SHARD_DTYPE)
 
     batch = []
@@ -213,7 +237,11 @@ def _shards_are_current(folder: Path, tokenizer_sha256: str) -> bool:
         )
     except (ValueError, KeyError, OSError):
         return False
-    return sizes_match and meta.get("tokenizer_sha256") == tokenizer_sha256
+    return (
+        sizes_match
+        and meta.get("tokenizer_sha256") == tokenizer_sha256
+        and meta.get("special_tokens_in_text") == "ordinary"  # shards from before encode_text
+    )
 
 
 def ensure_token_shards() -> Path:
@@ -247,6 +275,7 @@ def ensure_token_shards() -> Path:
         "documents": documents,
         "special_ids": {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS},
         "tokenizer_sha256": tokenizer_sha256,
+        "special_tokens_in_text": "ordinary",  # see ordinary_text
     }
     with atomic_write(folder / "meta.json") as file:  # written last: marks the shards complete
         json.dump(meta, file, indent=2)

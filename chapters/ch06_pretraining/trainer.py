@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from chapters.ch01_data.data_pipeline import ensure_clean_corpus
 from chapters.ch02_tokenizer.tokenizer import (
+    encode_text,
     ensure_token_shards,
     ensure_tokenizer,
     load_tokenizer,
@@ -946,7 +947,7 @@ def prompt_sampler(
         texts = []
         for prompt in prompts:
             generator = torch.Generator(device=device).manual_seed(seed)
-            ids = torch.tensor([tokenizer.encode(prompt).ids], device=device)
+            ids = torch.tensor([encode_text(tokenizer, prompt)], device=device)
             out = generate(
                 model,
                 ids,

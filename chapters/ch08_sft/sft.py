@@ -33,6 +33,7 @@ from chapters.ch02_tokenizer.tokenizer import (
     PAD_ID,
     SPECIAL_TOKENS,
     USER_ID,
+    encode_text,
 )
 from chapters.ch03_attention.attention import packed_sequence_mask, positions_within_documents
 from chapters.ch06_pretraining.trainer import (
@@ -800,8 +801,9 @@ def encode_example(
             "empty response: a pair must have a non-blank response to learn from; "
             "drop the pair or fill in its response"
         )
-    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
-    response_ids = tokenizer.encode(response, add_special_tokens=False).ids
+    # read as text: a forged "<|user|>" in either cannot start a turn (chapter 2's encode_text)
+    prompt_ids = encode_text(tokenizer, prompt)
+    response_ids = encode_text(tokenizer, response)
     dropped = 0
     if max_tokens is not None:
         fixed = 3 + len(response_ids)  # <|user|>, <|assistant|>, response, <|endoftext|>
@@ -1142,7 +1144,7 @@ def prompt_ids_for(
 ) -> list[int]:
     """`<|user|>` prompt `<|assistant|>`, left-truncated as chapter 8 does (keeping the template
     tokens) so that `max_new_tokens` more still fit in the context."""
-    prompt_ids = [USER_ID, *tokenizer.encode(prompt, add_special_tokens=False).ids, ASSISTANT_ID]
+    prompt_ids = [USER_ID, *encode_text(tokenizer, prompt), ASSISTANT_ID]
     room = model.config.context_length - max_new_tokens
     if len(prompt_ids) > room:
         prompt_ids = [USER_ID, *prompt_ids[-(room - 1) :]]

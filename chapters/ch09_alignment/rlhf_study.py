@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from chapters.ch02_tokenizer.tokenizer import ASSISTANT_ID, USER_ID, ensure_tokenizer
+from chapters.ch02_tokenizer.tokenizer import ASSISTANT_ID, USER_ID, encode_text, ensure_tokenizer
 from chapters.ch08_sft.sft import EncodedExample, SFTRecord, check_answer, ensure_sft_model
 from chapters.ch09_alignment import alignment as al
 from chapters.course import seed_everything
@@ -59,7 +59,7 @@ class CheckerReward:
         self.tasks = {
             (
                 USER_ID,
-                *tokenizer.encode(r.prompt, add_special_tokens=False).ids,
+                *encode_text(tokenizer, r.prompt),
                 ASSISTANT_ID,
             ): r.task
             for r in records

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from chapters.ch01_data.data_pipeline import CleanDocument, word_shingles
-from chapters.ch02_tokenizer.tokenizer import EOT_ID
+from chapters.ch02_tokenizer.tokenizer import EOT_ID, encode_text
 from chapters.course import atomic_write
 
 
@@ -256,7 +256,7 @@ def held_out_scores(
     model.eval()
     encoded, tokens = [], 0
     for document in documents:
-        ids = [EOT_ID, *tokenizer.encode(document.text, add_special_tokens=False).ids]
+        ids = [EOT_ID, *encode_text(tokenizer, document.text)]
         encoded.append((ids, len(document.text.encode())))
         tokens += len(ids) - 1
         if tokens >= max_tokens:
@@ -503,8 +503,8 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     whitespace moved over, the two encoded *together*, the continuation being the tokens
     after the context's own encoding, so the boundary is tokenized as in running text."""
     context, continuation = move_trailing_whitespace(context, continuation)
-    context_ids = tokenizer.encode(context, add_special_tokens=False).ids
-    whole_ids = tokenizer.encode(context + continuation, add_special_tokens=False).ids
+    context_ids = encode_text(tokenizer, context)
+    whole_ids = encode_text(tokenizer, context + continuation)
     return context_ids, whole_ids[len(context_ids) :]
 
 
@@ -720,7 +720,7 @@ def syntax_validity(
     same token length are generated together (`generate_by_length`).
     """
     contexts = [move_trailing_whitespace(prompt, "")[0] for prompt in prompts]
-    encoded = [[EOT_ID, *tokenizer.encode(c, add_special_tokens=False).ids] for c in contexts]
+    encoded = [[EOT_ID, *encode_text(tokenizer, c)] for c in contexts]
     generated = generate_by_length(model, encoded, 1, max_new_tokens, temperature, seed)
     valid = []
     for prompt, context, (new,) in zip(prompts, contexts, generated, strict=True):
