@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import random
 import re
@@ -330,6 +331,61 @@ def sha256_of(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
         while chunk := file.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# What built an artifact: later chapters rebuild what no longer matches, never load it stale.
+
+
+def digest_of(path: str | Path) -> str:
+    """SHA-256 of a file, or of a folder's files (their names and contents, hidden files such as
+    the writer's marker left out): what a recipe records about an input."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_of(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        relative = file.relative_to(path)
+        if not any(part.startswith(".") for part in relative.parts):
+            digest.update(f"{relative.as_posix()}\0{sha256_of(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def recipe_path(artifact: str | Path) -> Path:
+    """Where the recipe of `artifact` is kept: `NAME.recipe.json` beside it."""
+    artifact = Path(artifact)
+    return artifact.with_name(f"{artifact.name}.recipe.json")
+
+
+def _canonical(recipe: dict) -> dict:
+    return json.loads(json.dumps(recipe, sort_keys=True, default=str))
+
+
+def record_recipe(artifact: str | Path, recipe: dict) -> Path:
+    """Write what built `artifact` (its settings and its inputs' digests) beside it, atomically,
+    after the artifact itself is complete."""
+    with atomic_write(recipe_path(artifact)) as file:
+        json.dump(_canonical(recipe), file, indent=1, sort_keys=True)
+    return recipe_path(artifact)
+
+
+def stale_reason(artifact: str | Path, recipe: dict) -> str | None:
+    """None if `artifact` exists and was built by `recipe`; otherwise why it must be rebuilt."""
+    artifact = Path(artifact)
+    if not artifact.exists():
+        return "it is not there yet"
+    try:
+        recorded = json.loads(recipe_path(artifact).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "it has no record of what built it (an older version of the course made it)"
+    except (ValueError, OSError):
+        return f"its record {recipe_path(artifact).name} is damaged"
+    current = _canonical(recipe)
+    if not isinstance(recorded, dict):
+        return f"its record {recipe_path(artifact).name} is damaged"
+    changed = sorted(
+        key for key in current.keys() | recorded.keys() if current.get(key) != recorded.get(key)
+    )
+    return f"what builds it has changed since ({', '.join(changed)})" if changed else None
 
 
 # ---------------------------------------------------------------------------------------

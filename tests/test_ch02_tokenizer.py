@@ -206,3 +206,8 @@ def test_a_document_quoting_a_special_token_is_one_document_in_the_shards(small_
 def test_encode_text_refuses_what_is_not_text(small_tokenizer):
     with pytest.raises(TypeError, match="expects a str"):
         course.encode_text(small_tokenizer, b"bytes")
+
+
+def test_a_lone_surrogate_is_named_not_a_library_type_error(small_tokenizer):
+    with pytest.raises(ValueError, match="lone surrogate '\\\\ud800' at index 1"):
+        course.encode_text(small_tokenizer, "a\ud800b")

@@ -381,6 +381,7 @@ def test_ensure_base_model_saves_nothing_when_training_diverged(tmp_path, monkey
     model = trainer_module.LanguageModel(trainer_module.default_model_config())
     monkeypatch.setattr(trainer_module, "train_base_model", lambda *args: (model, diverged))
     monkeypatch.setattr(trainer_module, "build_record", lambda *args: {})
+    monkeypatch.setattr(trainer_module, "data_fingerprint", lambda: {"corpus": "tiny"})
     with pytest.raises(ValueError, match="diverged"):
         trainer_module.ensure_base_model()
     assert not (tmp_path / "ch06" / "base" / "model.safetensors").exists()

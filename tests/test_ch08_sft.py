@@ -380,3 +380,23 @@ def test_a_forged_user_token_does_not_split_a_packed_example(tokenizer):
         together = sft.PackedSequenceModel(model)(packed.inputs)[0, : len(forged.token_ids) - 1]
         alone = model(torch.tensor([forged.token_ids[:-1]]))[0]
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_one_bad_line_is_reported_and_the_rest_of_the_file_is_read(tmp_path):
+    good = {"prompt": "p", "response": "r", "split": "train", "source": "x"}
+    lines = [
+        json.dumps(good).encode(),
+        b'{"prompt": "caf\xe9", "response": "r", "split": "train", "source": "x"}',  # Latin-1
+        json.dumps({**good, "task": "not an object"}).encode(),
+        json.dumps({**good, "origin": 3}).encode(),
+        json.dumps({**good, "response": "\ud800"}).encode(),  # a JSON escape: \\ud800
+        json.dumps({**good, "task": {"family": "x"}}).encode(),
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    records, report = sft.read_jsonl(path)
+    assert len(records) == 2 and records[1].task == {"family": "x"}
+    assert [number for number, _ in report.problems] == [2, 3, 4, 5]
+    reasons = " ".join(reason for _, reason in report.problems)
+    for words in ("not UTF-8", "task must be an object", "origin must be a string", "surrogate"):
+        assert words in reasons

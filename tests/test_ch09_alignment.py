@@ -525,3 +525,34 @@ def test_expert_iteration_fine_tunes_on_verified_answers_only(monkeypatch):
     )
     assert counts == {"prompts": 3, "samples": 12, "kept": 1, "solved": 3}
     assert [e.token_ids for e in seen["examples"]] == [samples[0].token_ids]
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (b'{"prompt": "caf\xe9"}', "utf-8"),
+        (b"[1, 2]", "not an object"),
+        (b'{"prompt": "p", "chosen": 5, "rejected": "b", "split": "train", "kind": "k"}', "chosen"),
+        (
+            b'{"prompt": "p", "chosen": "a", "rejected": "b", "split": "train", "kind": "k", '
+            b'"task": [1]}',
+            "task must be an object",
+        ),
+        (
+            b'{"prompt": "p", "chosen": "a", "rejected": "b", "split": "train", "kind": "k", '
+            b'"extra": 1}',
+            "unknown field",
+        ),
+        (
+            b'{"prompt": "p", "chosen": "\\ud800", "rejected": "b", "split": "train", "kind": "k"}',
+            "surrogate",
+        ),
+    ],
+)
+def test_a_malformed_pair_line_is_refused_with_its_number_and_why(tmp_path, line, reason):
+    pairs = [al.PreferencePair("p", " a", " b", "train", "wrong")]
+    path = al.save_pairs(pairs, tmp_path / "pairs.jsonl")
+    path.write_bytes(path.read_bytes() + line + b"\n")
+    with pytest.raises(ValueError, match="line 2") as error:
+        al.load_pairs(path)
+    assert reason in str(error.value).lower() or reason in str(error.value.__cause__).lower()

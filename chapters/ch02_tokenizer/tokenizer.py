@@ -185,7 +185,13 @@ def ensure_tokenizer() -> tokenizers.Tokenizer:
 
 @contextmanager
 def ordinary_text(tokenizer: tokenizers.Tokenizer) -> Iterator[tokenizers.Tokenizer]:
-    """Within the block, `tokenizer` encodes special-token strings as ordinary text."""
+    """Within the block, `tokenizer` encodes special-token strings as ordinary text.
+
+    A stand-in without the library's switch (the tests' character tokenizers) has no
+    special-token matching to turn off and is used as it is."""
+    if not hasattr(tokenizer, "encode_special_tokens"):
+        yield tokenizer
+        return
     previous = tokenizer.encode_special_tokens
     tokenizer.encode_special_tokens = True
     try:
@@ -199,6 +205,15 @@ def encode_text(tokenizer: tokenizers.Tokenizer, text: str) -> list[int]:
     never USER_ID. Special ids are placed by the caller (chapter 8's chat template)."""
     if not isinstance(text, str):
         raise TypeError(f"encode_text expects a str, got {type(text).__name__}.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:  # the library's own error is "must be str"
+        raise ValueError(
+            f"the text holds a lone surrogate {text[error.start]!r} at index {error.start}, "
+            "which is not a character and has no UTF-8 bytes; it usually comes from a JSON "
+            'escape such as "\\ud800" or from decoding with errors="surrogateescape". '
+            'Clean it first, e.g. text.encode("utf-8", "replace").decode("utf-8").'
+        ) from None
     with ordinary_text(tokenizer):
         return tokenizer.encode(text, add_special_tokens=False).ids
 

@@ -42,7 +42,16 @@ from chapters.ch02_tokenizer.tokenizer import (
     tokenizer_path,
 )
 from chapters.ch04_blocks.model import LanguageModel, ModelConfig, flops_per_token, generate
-from chapters.course import artifacts_dir, atomic_folder, atomic_write, pick_device, sha256_of
+from chapters.course import (
+    artifacts_dir,
+    atomic_folder,
+    atomic_write,
+    pick_device,
+    recipe_path,
+    record_recipe,
+    sha256_of,
+    stale_reason,
+)
 
 IGNORE_INDEX = -100  # the label value that the loss skips (padding, prompts in chapter 8)
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -1051,24 +1060,40 @@ def save_model_with_history(
     return target
 
 
+RECIPE_KEYS = ("model_config", "training_config", "data")  # what decides the weights
+
+
+def base_model_recipe(model_config: ModelConfig, config: TrainingConfig) -> dict:
+    """What a base model is built from: its two configs and the digests of its training data."""
+    recipe = {"model_config": model_config.to_dict(), "training_config": asdict(config)}
+    return {**recipe, "data": data_fingerprint()}
+
+
 def save_base_model(
     model: LanguageModel, history: TrainingHistory | None = None, build: dict | None = None
 ) -> Path:
-    """Save the base model (history, build record) to artifacts_dir("ch06")/"base"."""
-    return save_model_with_history(model, artifacts_dir("ch06") / "base", history, build)
+    """Save the base model (history, build record) to artifacts_dir("ch06")/"base", and its
+    recipe (the part of `build` that decides the weights) beside it for `ensure_base_model`."""
+    target = artifacts_dir("ch06") / "base"
+    recipe_path(target).unlink(missing_ok=True)  # a kill before the new recipe: rebuilt
+    save_model_with_history(model, target, history, build)
+    if build is not None:
+        record_recipe(target, {key: build[key] for key in RECIPE_KEYS})
+    return target
 
 
 def ensure_base_model() -> LanguageModel:
-    """The course's pre-trained base model: loaded from artifacts_dir("ch06")/"base" if it is
-    there, otherwise trained with the default configs (minutes on 2 CPU cores, with a progress
-    bar and its ETA) and saved there first, with build.json saying how it was built."""
+    """The course's pre-trained base model: loaded from artifacts_dir("ch06")/"base" if it was
+    built from today's default configs and data, otherwise trained with them (minutes on 2 CPU
+    cores, with a progress bar and its ETA) and saved there first, with build.json saying how
+    it was built and base.recipe.json what decides its weights."""
     folder = artifacts_dir("ch06") / "base"
-    if not (folder / "model.safetensors").is_file():
+    model_config, config = default_model_config(), default_training_config()
+    if reason := stale_reason(folder, base_model_recipe(model_config, config)):
         print(
-            "No base model in the artifacts yet: training it (about "
+            f"Base model in the artifacts: {reason}. Training it (about "
             f"{BASE_TRAINING_MINUTES} minutes on 2 CPU cores)."
         )
-        model_config, config = default_model_config(), default_training_config()
         started = time.perf_counter()
         model, history = train_base_model(model_config, config)
         build = build_record(model_config, config, history, time.perf_counter() - started)

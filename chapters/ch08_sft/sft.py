@@ -16,6 +16,8 @@ text replayed in every batch so that the model keeps what it knew; evaluation
 from __future__ import annotations
 
 import ast
+import hashlib
+import inspect
 import json
 import random
 import zlib
@@ -44,7 +46,14 @@ from chapters.ch06_pretraining.trainer import (
     random_window_batches,
     save_model_with_history,
 )
-from chapters.course import artifacts_dir, atomic_write
+from chapters.course import (
+    artifacts_dir,
+    atomic_write,
+    digest_of,
+    recipe_path,
+    record_recipe,
+    stale_reason,
+)
 
 IGNORE_INDEX = -100  # the label value torch's cross_entropy skips (chapter 6 uses the same)
 # Chapter 2 fixed the special tokens and their ids; the chat template is built from them.
@@ -696,15 +705,32 @@ class JsonlReport:
         )
 
 
+def _has_lone_surrogate(text: str) -> bool:
+    """True if `text` holds a code point that has no UTF-8 bytes (JSON allows "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def read_jsonl(path: str | Path) -> tuple[list[SFTRecord], JsonlReport]:
     """Read records back; a malformed line is skipped, counted and reported with its number.
 
-    Malformed means: not JSON, not an object, a missing or non-string prompt/response/split,
-    or a split other than "train"/"heldout". Blank lines are ignored.
+    Malformed means: not UTF-8, not JSON, not an object, a missing or non-string
+    prompt/response/split/source, a `task` that is not an object, an `origin` that is not a
+    string, text with a lone surrogate, or a split other than "train"/"heldout". Blank lines
+    are ignored.
     """
     records, report = [], JsonlReport()
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
+    with open(path, "rb") as file:  # bytes: one bad line must not stop the whole file
+        for number, raw in enumerate(file, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                report.lines_read += 1
+                report.problems.append((number, f"not UTF-8 (byte {error.start})"))
+                continue
             if not line.strip():
                 continue
             report.lines_read += 1
@@ -726,6 +752,15 @@ def read_jsonl(path: str | Path) -> tuple[list[SFTRecord], JsonlReport]:
                 continue
             if data["split"] not in ("train", "heldout"):
                 report.problems.append((number, f"unknown split {data['split']!r}"))
+                continue
+            if not isinstance(data.get("task"), dict | None):
+                report.problems.append((number, "task must be an object or null"))
+                continue
+            if not isinstance(data.get("origin", ""), str):
+                report.problems.append((number, "origin must be a string"))
+                continue
+            if _has_lone_surrogate(data["prompt"] + data["response"]):
+                report.problems.append((number, "a lone surrogate (\\ud800-\\udfff) in the text"))
                 continue
             known = {key: data[key] for key in SFTRecord.__dataclass_fields__ if key in data}
             records.append(SFTRecord(**known))
@@ -761,11 +796,31 @@ def build_sft_dataset(
     return records, counts
 
 
+def sft_dataset_recipe() -> dict:
+    """What the dataset is built from: its sizes, chapter 1's corpus (the mined pairs) and the
+    task families (a digest of a few tasks of each, so a changed template or answer shows)."""
+    from chapters.ch01_data.data_pipeline import ensure_clean_corpus
+
+    tasks = [asdict(record) for record in generate_checkable_tasks(3, 3, seed=1)]
+    families = hashlib.sha256(json.dumps(tasks, sort_keys=True).encode()).hexdigest()
+    sizes = inspect.signature(build_sft_dataset).parameters  # the defaults ensure builds with
+    return {
+        "sizes": {name: p.default for name, p in sizes.items() if isinstance(p.default, int)},
+        "corpus_manifest_sha256": digest_of(ensure_clean_corpus() / "manifest.json"),
+        "task_families_sha256": families,
+    }
+
+
 def ensure_sft_dataset() -> Path:
-    """The JSONL file in artifacts_dir("ch08"), built on first use."""
+    """The JSONL file in artifacts_dir("ch08"): built on first use, and again when its recipe
+    (`sft_dataset_recipe`) changed, e.g. after a task family was edited."""
     path = artifacts_dir("ch08") / "sft_pairs.jsonl"
-    if not path.is_file():
+    recipe = sft_dataset_recipe()
+    if reason := stale_reason(path, recipe):
+        print(f"SFT dataset in the artifacts: {reason}. Building it.")
+        recipe_path(path).unlink(missing_ok=True)
         build_sft_dataset(path)
+        record_recipe(path, recipe)
     return path
 
 
@@ -1289,19 +1344,47 @@ def train_sft_model(
     return model.cpu(), history
 
 
-def save_sft_model(model: torch.nn.Module, history: TrainingHistory | None = None) -> Path:
-    """Save to artifacts_dir("ch08")/"sft", atomically (chapter 6's helper)."""
-    return save_model_with_history(model, artifacts_dir("ch08") / "sft", history)
+def sft_model_recipe() -> dict:
+    """What the chapter's SFT model is built from: `train_sft_model`'s settings and the digests
+    of chapter 6's base model, the tokenizer and the dataset."""
+    from chapters.ch02_tokenizer.tokenizer import tokenizer_path
+    from chapters.ch06_pretraining.trainer import ensure_base_model
+
+    ensure_base_model()  # current (rebuilt if its own recipe changed) before it is digested
+    return {
+        "training": SFT_TRAINING,
+        "replay_rows": SFT_REPLAY_ROWS,
+        "mask_prompt": True,
+        "base_model": digest_of(artifacts_dir("ch06") / "base"),
+        "tokenizer": digest_of(tokenizer_path()),
+        "sft_dataset": digest_of(ensure_sft_dataset()),
+    }
+
+
+def save_sft_model(
+    model: torch.nn.Module, history: TrainingHistory | None = None, recipe: dict | None = None
+) -> Path:
+    """Save to artifacts_dir("ch08")/"sft", atomically (chapter 6's helper), with `recipe`
+    beside it (default: the chapter's, `sft_model_recipe()`; pass yours if you trained
+    otherwise, or `ensure_sft_model` will train the chapter's model again)."""
+    target = artifacts_dir("ch08") / "sft"
+    recipe = sft_model_recipe() if recipe is None else recipe
+    recipe_path(target).unlink(missing_ok=True)
+    save_model_with_history(model, target, history)
+    record_recipe(target, recipe)
+    return target
 
 
 def ensure_sft_model():
-    """The instruction-tuned model (a `LanguageModel`): loaded from artifacts_dir("ch08")/"sft",
-    or fine-tuned from chapter 6's base model and saved there first."""
+    """The instruction-tuned model (a `LanguageModel`): loaded from artifacts_dir("ch08")/"sft"
+    if the chapter's recipe built it, or fine-tuned from chapter 6's base model and saved there
+    first (also when SFT_TRAINING, the data or the base model changed)."""
     from chapters.ch04_blocks.model import LanguageModel
 
     folder = artifacts_dir("ch08") / "sft"
-    if not (folder / "model.safetensors").is_file():
-        print("No fine-tuned model in the artifacts yet: fine-tuning the base model.")
+    recipe = sft_model_recipe()
+    if reason := stale_reason(folder, recipe):
+        print(f"Fine-tuned model in the artifacts: {reason}. Fine-tuning the base model.")
         model, history = train_sft_model()
-        save_sft_model(model, history)
+        save_sft_model(model, history, recipe)
     return LanguageModel.from_pretrained(folder)

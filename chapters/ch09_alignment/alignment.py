@@ -50,7 +50,15 @@ from chapters.ch08_sft.sft import (
     response_text,
     sample_groups,
 )
-from chapters.course import artifacts_dir, atomic_folder, atomic_write
+from chapters.course import (
+    artifacts_dir,
+    atomic_folder,
+    atomic_write,
+    digest_of,
+    recipe_path,
+    record_recipe,
+    stale_reason,
+)
 
 
 @dataclass
@@ -238,17 +246,35 @@ def save_pairs(pairs: Sequence[PreferencePair], path: str | Path) -> Path:
     return Path(path)
 
 
+def _pair_from_line(line: bytes) -> PreferencePair:
+    """One line of `save_pairs`' file as a PreferencePair; ValueError says what is wrong."""
+    data = json.loads(line.decode("utf-8"))  # UnicodeDecodeError and JSONDecodeError: ValueError
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    text_fields = ("prompt", "chosen", "rejected", "split", "kind")
+    if wrong := [key for key in text_fields if not isinstance(data.get(key), str)]:
+        raise ValueError(f"missing or non-string field(s) {wrong}")
+    if not isinstance(data.get("task"), dict | None):
+        raise ValueError("task must be an object or null")
+    if unknown := sorted(set(data) - set(PreferencePair.__dataclass_fields__)):
+        raise ValueError(f"unknown field(s) {unknown}")
+    for key in ("prompt", "chosen", "rejected"):
+        data[key].encode("utf-8")  # a lone surrogate from a JSON escape: UnicodeEncodeError
+    return PreferencePair(**data)
+
+
 def load_pairs(path: str | Path) -> list[PreferencePair]:
-    """Read pairs written by `save_pairs`; a malformed line raises with its number."""
+    """Read pairs written by `save_pairs`; a malformed line raises with its number and why."""
     pairs = []
-    with open(path, encoding="utf-8") as file:
+    with open(path, "rb") as file:
         for number, line in enumerate(file, start=1):
             if line.strip():
                 try:
-                    pairs.append(PreferencePair(**json.loads(line)))
-                except (json.JSONDecodeError, TypeError) as error:
+                    pairs.append(_pair_from_line(line))
+                except ValueError as error:  # Unicode errors are ValueErrors too
                     raise ValueError(
-                        f"{path}, line {number}: not a preference pair ({error})"
+                        f"{path}, line {number}: not a preference pair ({error}). The file is "
+                        "written by save_pairs: delete it to have it built again."
                     ) from error
     return pairs
 
@@ -971,28 +997,80 @@ def training_state_megabytes(*models: nn.Module, trained: Sequence[nn.Module] = 
     return 4 * (weights + extra) / 2**20
 
 
+def chapter_recipe(name: str) -> dict:
+    """What builds the artifact `name` of artifacts_dir("ch09"): the chapter's settings and the
+    digests of its inputs (each made current first). An artifact whose recorded recipe differs
+    is rebuilt by its `ensure_*`, so a changed setting or SFT model never loads a stale one."""
+    from chapters.ch08_sft.sft import ensure_sft_dataset, ensure_sft_model
+
+    ensure_sft_model()
+    recipe = {"sft_model": digest_of(artifacts_dir("ch08") / "sft")}
+    if name == "preference_pairs.jsonl":
+        recipe["sft_dataset"] = digest_of(ensure_sft_dataset())
+        return {**recipe, "prompts_per_family": PAIR_PROMPTS_PER_FAMILY}
+    if name in ("reward_model", "dpo"):
+        recipe["pairs"] = digest_of(ensure_preference_pairs())
+    settings = {
+        "reward_model": {"steps": REWARD_MODEL_STEPS},
+        "dpo": asdict(CHAPTER_DPO),
+        "rlhf": asdict(CHAPTER_GRPO),
+        "rl_checker": asdict(CHECKER_GRPO),
+        "expert_iteration": {"grpo": asdict(CHECKER_GRPO), **EXPERT_ITERATION_TRAINING},
+    }
+    if name not in settings:
+        raise ValueError(f"no artifact {name!r} in chapter 9; the known ones: {sorted(settings)}")
+    if name == "rlhf":
+        ensure_reward_model()
+        recipe["reward_model"] = digest_of(artifacts_dir("ch09") / "reward_model")
+        recipe["prompts_per_family"] = PAIR_PROMPTS_PER_FAMILY
+    return {**recipe, "settings": settings[name]}
+
+
+def save_preference_pairs(pairs: Sequence[PreferencePair]) -> Path:
+    """The chapter's pairs to artifacts_dir("ch09"), with their recipe beside them."""
+    path = artifacts_dir("ch09") / "preference_pairs.jsonl"
+    recipe = chapter_recipe(path.name)
+    recipe_path(path).unlink(missing_ok=True)
+    save_pairs(pairs, path)
+    record_recipe(path, recipe)
+    return path
+
+
 def ensure_preference_pairs() -> Path:
-    """The pairs (train and held-out) as JSONL in artifacts_dir("ch09"), built on first use
-    from chapter 8's SFT model and checkable tasks."""
+    """The pairs (train and held-out) as JSONL in artifacts_dir("ch09"), built from chapter 8's
+    SFT model and checkable tasks on first use and whenever their recipe changed."""
     from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer
     from chapters.ch08_sft.sft import ensure_sft_model
 
     path = artifacts_dir("ch09") / "preference_pairs.jsonl"
-    if not path.is_file():
+    if reason := stale_reason(path, chapter_recipe(path.name)):
+        print(f"Preference pairs in the artifacts: {reason}. Building them.")
         tokenizer, model = ensure_tokenizer(), ensure_sft_model()
         records = preference_records("train") + preference_records("heldout")
         pairs, report = build_preference_pairs(records, model, tokenizer)
         print(f"preference pairs: {report}")
-        save_pairs(pairs, path)
+        save_preference_pairs(pairs)
     return path
 
 
 def _save_model_folder(name: str, save: Callable[[Path], None]) -> Path:
-    """Build artifacts_dir("ch09")/name in a temporary folder, then rename it into place."""
+    """Build artifacts_dir("ch09")/name in a temporary folder, rename it into place, and
+    record the chapter's recipe for it beside it (`chapter_recipe`)."""
     target = artifacts_dir("ch09") / name
+    recipe = chapter_recipe(name)
+    recipe_path(target).unlink(missing_ok=True)  # a kill before the new recipe: rebuilt
     with atomic_folder(target) as folder:
         save(folder)
+    record_recipe(target, recipe)
     return target
+
+
+def _needs_training(name: str, what: str) -> bool:
+    """True (and says why) when artifacts_dir("ch09")/name is missing or stale."""
+    reason = stale_reason(artifacts_dir("ch09") / name, chapter_recipe(name))
+    if reason:
+        print(f"{what} in the artifacts: {reason}. Training it.")
+    return reason is not None
 
 
 def save_reward_model(reward_model: RewardModel) -> Path:
@@ -1024,8 +1102,7 @@ def ensure_reward_model() -> RewardModel:
     from chapters.ch08_sft.sft import ensure_sft_model
 
     folder = artifacts_dir("ch09") / "reward_model"
-    if not (folder / "head.pt").is_file():
-        print("No reward model in the artifacts yet: training it.")
+    if _needs_training("reward_model", "Reward model"):
         reward_model = RewardModel(ensure_sft_model())
         pairs = _encoded_training_pairs(ensure_tokenizer(), reward_model.config.context_length)
         train_reward_model(reward_model, pairs, steps=REWARD_MODEL_STEPS)
@@ -1035,13 +1112,12 @@ def ensure_reward_model() -> RewardModel:
 
 def ensure_dpo_model() -> LanguageModel:
     """The DPO-aligned model from artifacts_dir("ch09")/"dpo", trained from the SFT model
-    with the chapter's settings first if missing."""
+    with the chapter's settings first if missing or stale."""
     from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer
     from chapters.ch08_sft.sft import ensure_sft_model
 
     folder = artifacts_dir("ch09") / "dpo"
-    if not (folder / "model.safetensors").is_file():
-        print("No DPO model in the artifacts yet: training it.")
+    if _needs_training("dpo", "DPO model"):
         policy = ensure_sft_model()
         pairs = _encoded_training_pairs(ensure_tokenizer(), policy.config.context_length)
         train_dpo(policy, frozen_copy(policy), pairs, CHAPTER_DPO)
@@ -1051,13 +1127,12 @@ def ensure_dpo_model() -> LanguageModel:
 
 def ensure_rlhf_model() -> LanguageModel:
     """The RLHF (GRPO) model from artifacts_dir("ch09")/"rlhf", trained from the SFT model
-    against `ensure_reward_model()` with the chapter's settings first if missing."""
+    against `ensure_reward_model()` with the chapter's settings first if missing or stale."""
     from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer
     from chapters.ch08_sft.sft import ensure_sft_model
 
     folder = artifacts_dir("ch09") / "rlhf"
-    if not (folder / "model.safetensors").is_file():
-        print("No RLHF model in the artifacts yet: training it.")
+    if _needs_training("rlhf", "RLHF model"):
         policy, reward_model = ensure_sft_model(), ensure_reward_model()
         prompts = preference_records("train")
         train_grpo(
@@ -1069,13 +1144,12 @@ def ensure_rlhf_model() -> LanguageModel:
 
 def ensure_rl_checker_model() -> LanguageModel:
     """The model of GRPO with the checker as reward, from artifacts_dir("ch09")/"rl_checker",
-    trained from the SFT model with `CHECKER_GRPO` first if missing."""
+    trained from the SFT model with `CHECKER_GRPO` first if missing or stale."""
     from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer
     from chapters.ch08_sft.sft import ensure_sft_model
 
     folder = artifacts_dir("ch09") / "rl_checker"
-    if not (folder / "model.safetensors").is_file():
-        print("No checker-RL model in the artifacts yet: training it.")
+    if _needs_training("rl_checker", "Checker-RL model"):
         tokenizer, policy = ensure_tokenizer(), ensure_sft_model()
         reward = checker_reward(tokenizer)
         train_grpo(
@@ -1087,13 +1161,12 @@ def ensure_rl_checker_model() -> LanguageModel:
 
 def ensure_expert_iteration_model() -> LanguageModel:
     """The expert-iteration model from artifacts_dir("ch09")/"expert_iteration", trained from
-    the SFT model on as many sampled answers as `CHECKER_GRPO` sees, first if missing."""
+    the SFT model on as many sampled answers as `CHECKER_GRPO` sees, first if missing or stale."""
     from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer
     from chapters.ch08_sft.sft import ensure_sft_model, sft_training_config
 
     folder = artifacts_dir("ch09") / "expert_iteration"
-    if not (folder / "model.safetensors").is_file():
-        print("No expert-iteration model in the artifacts yet: training it.")
+    if _needs_training("expert_iteration", "Expert-iteration model"):
         tokenizer, policy = ensure_tokenizer(), ensure_sft_model()
         prompts = CHECKER_GRPO.steps * CHECKER_GRPO.prompts_per_step
         config = sft_training_config(**EXPERT_ITERATION_TRAINING)
