@@ -99,6 +99,7 @@ CORE: dict[str, Chapter] = {
             Core("rms_norm_reference", 2, ("rms_norm_reference_matches",)),
             Core("_RMSNormFunction", 3, ("rmsnorm",)),
             Core("SwiGLU.forward", 2, ("swiglu_matches",)),
+            Core("Block.forward", 3, ("block_is_pre_ln", "future_token_never_changes")),
         ),
     ),
     "ch05": Chapter(
