@@ -445,23 +445,29 @@ def test_chat_responses_in_batches_agree_with_chapter_8s_greedy_response():
 
 
 def test_task_choice_items_pit_the_right_answer_against_answers_the_checker_rejects():
-    from chapters.ch08_sft.sft import (
-        EOT_TOKEN,
-        check_answer,
-        format_prompt,
-        generate_checkable_tasks,
-    )
+    from chapters.ch08_sft.sft import check_answer, generate_checkable_tasks
 
     records = [r for r in generate_checkable_tasks(per_family_heldout=10) if r.split == "heldout"]
     items = task_choice_items(records)
     assert len(items) >= 0.9 * len(records)
-    by_prompt = {format_prompt(r.prompt): r for r in records}
+    by_prompt = {r.prompt: r for r in records}
     for item in items:
         record = by_prompt[item.context]
-        assert all(choice.endswith(EOT_TOKEN) for choice in item.choices)
-        verdicts = [check_answer(record.task, c.removesuffix(EOT_TOKEN)) for c in item.choices]
+        assert item.chat
+        verdicts = [check_answer(record.task, c) for c in item.choices]
         assert verdicts == [i == item.answer for i in range(4)]
     assert len({item.answer for item in items}) == 4  # the right answer is not always first
+
+
+def test_a_chat_item_is_scored_in_the_chat_template_built_from_ids(chat_tokenizer):
+    from chapters.ch02_tokenizer.tokenizer import ASSISTANT_ID, EOT_ID, USER_ID
+    from chapters.ch10_evaluation.evaluation import MultipleChoiceItem, encode_choice
+
+    item = MultipleChoiceItem("t", "task choice", "Say <|user|> a.", [" a", " b"], 0, chat=True)
+    context, choice = encode_choice(chat_tokenizer, item, " a<|endoftext|>")
+    assert context[0] == USER_ID and context[-1] == ASSISTANT_ID
+    assert [i for i in context + choice if i < 4] == [USER_ID, ASSISTANT_ID, EOT_ID]
+    assert choice[-1] == EOT_ID  # the answer, then the end: stopping is scored too
 
 
 def test_paired_rows_give_each_model_minus_the_baseline_per_metric():

@@ -1194,12 +1194,18 @@ def mean_response_loss(model, examples: Sequence[EncodedExample], batch_size: in
     return evaluate(model, batches)
 
 
+def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """`<|user|>` prompt `<|assistant|>` as ids: the one place a chat prompt is built. The
+    special ids are placed here; the prompt is read as text (`encode_text`)."""
+    return [USER_ID, *encode_text(tokenizer, prompt), ASSISTANT_ID]
+
+
 def prompt_ids_for(
     model: torch.nn.Module, tokenizer, prompt: str, max_new_tokens: int
 ) -> list[int]:
     """`<|user|>` prompt `<|assistant|>`, left-truncated as chapter 8 does (keeping the template
     tokens) so that `max_new_tokens` more still fit in the context."""
-    prompt_ids = [USER_ID, *encode_text(tokenizer, prompt), ASSISTANT_ID]
+    prompt_ids = chat_prompt_ids(tokenizer, prompt)
     room = model.config.context_length - max_new_tokens
     if len(prompt_ids) > room:
         prompt_ids = [USER_ID, *prompt_ids[-(room - 1) :]]

@@ -286,13 +286,18 @@ def total_score(scores: Iterable[HeldOutScore]) -> HeldOutScore:
 
 @dataclass
 class MultipleChoiceItem:
-    """One item: a context, candidate continuations, and the index of the right one."""
+    """One item: a context, candidate continuations, and the index of the right one.
+
+    `chat=True`: the context is a user's prompt and each choice an assistant's answer; they
+    are scored in chapter 8's chat template, built from its special ids (`encode_choice`),
+    each choice followed by `<|endoftext|>`, so a model is also scored on stopping."""
 
     id: str
     task: str
     context: str
     choices: list[str]
     answer: int
+    chat: bool = False
 
     def validate(self, where: str = "") -> None:
         """Raise EvaluationError, naming the item (and `where` it came from), if malformed."""
@@ -332,6 +337,10 @@ def item_from_dict(record: object, where: str = "") -> MultipleChoiceItem:
             f"every item needs {', '.join(ITEM_FIELDS)}"
         )
     item = MultipleChoiceItem(**{name: record[name] for name in ITEM_FIELDS})
+    chat = record.get("chat", False)
+    if not isinstance(chat, bool):
+        raise EvaluationError(f"{where}item {item.id!r}: 'chat' must be true or false")
+    item.chat = chat
     item.validate(where)
     return item
 
@@ -463,9 +472,10 @@ def docstring_items(
 def task_choice_items(records: Sequence, seed: int = 0) -> list[MultipleChoiceItem]:
     """Multiple choice on chapter 8's checkable tasks, in the chat format the fine-tuned
     models were trained with: the right response against three the checker rejects (another
-    task's answer, the answer with a stray period, the answer said twice). Every choice ends
-    in `<|endoftext|>`, so a model is also scored on stopping. Chance is 1/4."""
-    from chapters.ch08_sft.sft import EOT_TOKEN, check_answer, format_prompt
+    task's answer, the answer with a stray period, the answer said twice). The items are
+    chat items: every choice is scored followed by `<|endoftext|>`, so a model is also scored
+    on stopping. Chance is 1/4."""
+    from chapters.ch08_sft.sft import check_answer
 
     rng = random.Random(seed)
     items: list[MultipleChoiceItem] = []
@@ -478,10 +488,10 @@ def task_choice_items(records: Sequence, seed: int = 0) -> list[MultipleChoiceIt
         wrong = [rng.choice(rejected), right.rstrip() + ".", f"{right} {right.strip()}"]
         if any(check_answer(record.task, w) for w in wrong) or len({right, *wrong}) < 4:
             continue  # a distractor the checker accepts would make the item ambiguous
-        choices, answer = _shuffled_choices(right + EOT_TOKEN, [w + EOT_TOKEN for w in wrong], rng)
-        context = format_prompt(record.prompt)
+        choices, answer = _shuffled_choices(right, wrong, rng)
+        name = f"task-{len(items)}"
         items.append(
-            MultipleChoiceItem(f"task-{len(items)}", "task choice", context, choices, answer)
+            MultipleChoiceItem(name, "task choice", record.prompt, choices, answer, chat=True)
         )
     return items
 
@@ -506,6 +516,17 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     context_ids = encode_text(tokenizer, context)
     whole_ids = encode_text(tokenizer, context + continuation)
     return context_ids, whole_ids[len(context_ids) :]
+
+
+def encode_choice(tokenizer, item: MultipleChoiceItem, choice: str) -> tuple[list[int], list[int]]:
+    """(context ids, choice ids) of one choice: `encode_pair` for text, and for a chat item
+    `<|user|>` prompt `<|assistant|>` and the answer + `<|endoftext|>`, from the special ids
+    (chapter 8's `chat_prompt_ids`), never from special-token strings in the text."""
+    from chapters.ch08_sft.sft import chat_prompt_ids
+
+    if not item.chat:
+        return encode_pair(tokenizer, item.context, choice)
+    return chat_prompt_ids(tokenizer, item.context), [*encode_text(tokenizer, choice), EOT_ID]
 
 
 @torch.inference_mode()
@@ -571,7 +592,7 @@ def score_multiple_choice(
     pairs = []
     for item in items:
         for choice in item.choices:
-            context_ids, choice_ids = encode_pair(tokenizer, item.context, choice)
+            context_ids, choice_ids = encode_choice(tokenizer, item, choice)
             pairs.append(([EOT_ID, *context_ids], choice_ids))
     scores = iter(pair_loglikelihoods(model, pairs, batch_size))
     rows = []
