@@ -200,16 +200,24 @@ def ordinary_text(tokenizer: tokenizers.Tokenizer) -> Iterator[tokenizers.Tokeni
         tokenizer.encode_special_tokens = previous
 
 
+def lone_surrogate_at(text: str) -> int | None:
+    """Index of the first code point of `text` that has no UTF-8 bytes (a lone surrogate, which
+    a JSON escape such as "\\ud800" can produce), or None when every character encodes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
+
+
 def encode_text(tokenizer: tokenizers.Tokenizer, text: str) -> list[int]:
     """Token ids of `text` read as text: a literal "<|user|>" becomes the tokens that spell it,
     never USER_ID. Special ids are placed by the caller (chapter 8's chat template)."""
     if not isinstance(text, str):
         raise TypeError(f"encode_text expects a str, got {type(text).__name__}.")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:  # the library's own error is "must be str"
+    if (index := lone_surrogate_at(text)) is not None:  # the library's error: "must be str"
         raise ValueError(
-            f"the text holds a lone surrogate {text[error.start]!r} at index {error.start}, "
+            f"the text holds a lone surrogate {text[index]!r} at index {index}, "
             "which is not a character and has no UTF-8 bytes; it usually comes from a JSON "
             'escape such as "\\ud800" or from decoding with errors="surrogateescape". '
             'Clean it first, e.g. text.encode("utf-8", "replace").decode("utf-8").'

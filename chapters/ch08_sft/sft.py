@@ -36,6 +36,7 @@ from chapters.ch02_tokenizer.tokenizer import (
     SPECIAL_TOKENS,
     USER_ID,
     encode_text,
+    lone_surrogate_at,
 )
 from chapters.ch03_attention.attention import packed_sequence_mask, positions_within_documents
 from chapters.ch06_pretraining.trainer import (
@@ -705,15 +706,6 @@ class JsonlReport:
         )
 
 
-def _has_lone_surrogate(text: str) -> bool:
-    """True if `text` holds a code point that has no UTF-8 bytes (JSON allows "\\ud800")."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def read_jsonl(path: str | Path) -> tuple[list[SFTRecord], JsonlReport]:
     """Read records back; a malformed line is skipped, counted and reported with its number.
 
@@ -759,7 +751,7 @@ def read_jsonl(path: str | Path) -> tuple[list[SFTRecord], JsonlReport]:
             if not isinstance(data.get("origin", ""), str):
                 report.problems.append((number, "origin must be a string"))
                 continue
-            if _has_lone_surrogate(data["prompt"] + data["response"]):
+            if lone_surrogate_at(data["prompt"] + data["response"]) is not None:
                 report.problems.append((number, "a lone surrogate (\\ud800-\\udfff) in the text"))
                 continue
             known = {key: data[key] for key in SFTRecord.__dataclass_fields__ if key in data}

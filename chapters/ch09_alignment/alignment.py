@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chapters.ch02_tokenizer.tokenizer import EOT_ID, PAD_ID
+from chapters.ch02_tokenizer.tokenizer import EOT_ID, PAD_ID, lone_surrogate_at
 from chapters.ch04_blocks.model import LanguageModel
 from chapters.ch06_pretraining.trainer import (
     TrainingConfig,
@@ -259,7 +259,8 @@ def _pair_from_line(line: bytes) -> PreferencePair:
     if unknown := sorted(set(data) - set(PreferencePair.__dataclass_fields__)):
         raise ValueError(f"unknown field(s) {unknown}")
     for key in ("prompt", "chosen", "rejected"):
-        data[key].encode("utf-8")  # a lone surrogate from a JSON escape: UnicodeEncodeError
+        if (index := lone_surrogate_at(data[key])) is not None:
+            raise ValueError(f"{key} holds a lone surrogate at index {index}")
     return PreferencePair(**data)
 
 

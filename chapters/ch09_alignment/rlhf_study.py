@@ -24,8 +24,14 @@ import time
 
 import torch
 
-from chapters.ch02_tokenizer.tokenizer import ASSISTANT_ID, USER_ID, encode_text, ensure_tokenizer
-from chapters.ch08_sft.sft import EncodedExample, SFTRecord, check_answer, ensure_sft_model
+from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer
+from chapters.ch08_sft.sft import (
+    EncodedExample,
+    SFTRecord,
+    chat_prompt_ids,
+    check_answer,
+    ensure_sft_model,
+)
 from chapters.ch09_alignment import alignment as al
 from chapters.course import seed_everything
 
@@ -56,14 +62,7 @@ class CheckerReward:
 
     def __init__(self, tokenizer, records: list[SFTRecord]) -> None:
         self.tokenizer = tokenizer
-        self.tasks = {
-            (
-                USER_ID,
-                *encode_text(tokenizer, r.prompt),
-                ASSISTANT_ID,
-            ): r.task
-            for r in records
-        }
+        self.tasks = {tuple(chat_prompt_ids(tokenizer, r.prompt)): r.task for r in records}
 
     def score(self, samples: list[EncodedExample]) -> torch.Tensor:
         rewards = []
