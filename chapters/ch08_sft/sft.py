@@ -1187,8 +1187,9 @@ def mean_response_loss(model, examples: Sequence[EncodedExample], batch_size: in
 
 
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """`<|user|>` prompt `<|assistant|>` as ids: the one place a chat prompt is built. The
-    special ids are placed here; the prompt is read as text (`encode_text`)."""
+    """`<|user|>` prompt `<|assistant|>` as ids, the prompt read as text (`encode_text`): what
+    generation and chapter 10's chat items start from (`encode_example` places the same ids
+    around a training response)."""
     return [USER_ID, *encode_text(tokenizer, prompt), ASSISTANT_ID]
 
 
