@@ -136,16 +136,23 @@ class _RMSNormFunction(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         normalised, inverse_rms, weight = ctx.saved_tensors
         grad = grad_output.to(normalised.dtype)
+        gain = weight.to(normalised.dtype)
+        grad_x_hat = grad * normalised  # g * x_hat: both gradients start from it
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            # the forward multiplied w by x_hat rounded to x's dtype: differentiate that product
-            used = normalised.to(ctx.input_dtype).to(normalised.dtype)
-            grad_weight = (grad * used).flatten(0, -2).sum(0).to(weight.dtype)
+            used = grad_x_hat
+            if ctx.input_dtype != normalised.dtype:
+                # the forward multiplied w by x_hat rounded to x's dtype: differentiate that product
+                used = grad * normalised.to(ctx.input_dtype).to(normalised.dtype)
+            grad_weight = used.flatten(0, -2).sum(0).to(weight.dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            h = grad * weight.to(normalised.dtype)
-            mean_h_x = (h * normalised).mean(dim=-1, keepdim=True)
-            grad_x = ((h - normalised * mean_h_x) * inverse_rms).to(ctx.input_dtype)
+            # mean(h * x_hat) with h = g * w is (g * x_hat) . w / d: a matrix-vector product
+            mean_h_x = (grad_x_hat @ gain).unsqueeze(-1) / normalised.size(-1)
+            h = grad * gain
+            # r (h - x_hat mean(h x_hat)), computed in place in h: no further full-size tensors
+            grad_x = h.addcmul_(normalised, mean_h_x, value=-1).mul_(inverse_rms)
+            grad_x = grad_x.to(ctx.input_dtype)
         return grad_x, grad_weight, None
 
 
