@@ -97,6 +97,23 @@ def test_swiglu_matches_direct_formula():
     torch.testing.assert_close(ffn(x), direct)
 
 
+def test_swiglu_gate_backward_passes_gradcheck_and_matches_autograd():
+    from chapters.ch04_blocks.model import _SwiGLUGateFunction
+
+    generator = torch.Generator().manual_seed(fresh_seed())
+    gate = torch.randn(2, 3, 10, dtype=torch.float64, generator=generator, requires_grad=True)
+    value = torch.randn(2, 3, 10, dtype=torch.float64, generator=generator, requires_grad=True)
+    assert torch.autograd.gradcheck(_SwiGLUGateFunction.apply, (gate, value))
+    ffn = SwiGLU(d_model=20, d_ff=52)
+    x = torch.randn(2, 7, 20, generator=generator, requires_grad=True)
+    upstream = torch.randn(2, 7, 20, generator=generator)
+    ours = torch.autograd.grad((ffn(x) * upstream).sum(), (x, *ffn.parameters()))
+    direct = ffn.w2(F.silu(ffn.w1(x)) * ffn.w3(x))
+    reference = torch.autograd.grad((direct * upstream).sum(), (x, *ffn.parameters()))
+    for got, want in zip(ours, reference, strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_swiglu_has_no_biases_and_w2_projects_back_to_d_model():
     ffn = SwiGLU(d_model=16, d_ff=40)
     assert all(layer.bias is None for layer in (ffn.w1, ffn.w2, ffn.w3))

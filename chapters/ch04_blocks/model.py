@@ -185,11 +185,43 @@ def norm_factory(config: ModelConfig) -> Callable[[int], nn.Module]:
     return lambda dim: nn.LayerNorm(dim, eps=config.norm_eps)
 
 
+class _SwiGLUGateFunction(torch.autograd.Function):
+    """silu(gate) * value with a hand-written backward that saves only its two inputs.
+
+    Autograd would keep silu(gate) as well, a third tensor of the feed-forward's full width;
+    the backward recomputes it instead, which is cheaper than storing and reading it back.
+    """
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, value)
+        return _times(F.silu(gate), value)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        gate, value = ctx.saved_tensors
+        grad_gate = grad_value = None
+        if ctx.needs_input_grad[0]:
+            # d silu(a) / da = sigmoid(a) (1 + a (1 - sigmoid(a))), applied by one torch kernel
+            grad_gate = torch.ops.aten.silu_backward(grad_output * value, gate)
+        if ctx.needs_input_grad[1]:
+            grad_value = _times(F.silu(gate), grad_output)
+        return grad_gate, grad_value
+
+
+def _times(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """fresh * other, written into `fresh` (a temporary nobody else holds) when the result fits."""
+    if fresh.shape == other.shape and fresh.dtype == other.dtype:
+        return fresh.mul_(other)
+    return fresh * other
+
+
 class SwiGLU(nn.Module):
     """Gated feed-forward (Shazeer 2020): w2( silu(w1 x) * (w3 x) ), no biases.
 
     w1 and w3 map d_model -> d_ff (the gate and the value), w2 maps back to d_model and is the
-    block's output projection into the residual stream.
+    block's output projection into the residual stream. The gate's product has its own
+    backward (`_SwiGLUGateFunction`); the three projections stay ordinary `nn.Linear` modules.
     """
 
     def __init__(self, d_model: int, d_ff: int) -> None:
@@ -200,7 +232,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, T, d_model) -> (B, T, d_ff) -> (B, T, d_model)
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(_SwiGLUGateFunction.apply(self.w1(x), self.w3(x)))
 
 
 class Block(nn.Module):
