@@ -288,10 +288,16 @@ def apply_rotary(
     head_dim = x.size(-1)
     end = int(positions.max()) + 1 if positions_end is None else positions_end
     turns = rotary_table(head_dim, end, theta, x.device)[positions]  # (T or B,T, hd/2)
-    if positions.dim() == 2:
-        turns = turns[:, None]  # (B, 1, T, hd/2): the same for every head
     pairs = torch.view_as_complex(x.float().unflatten(-1, (head_dim // 2, 2)))
-    return torch.view_as_real(pairs * turns).flatten(-2).to(x.dtype)  # (B, nh, T, hd)
+    if pairs.transpose(1, 2).is_contiguous():
+        # heads split from a (B, T, C) tensor, as in the attention layer: multiply in that
+        # memory order (the same numbers, written in one sweep) and view the product back
+        rotated = (pairs.transpose(1, 2) * turns.unsqueeze(-2)).transpose(1, 2)
+    else:
+        if positions.dim() == 2:
+            turns = turns[:, None]  # (B, 1, T, hd/2): the same for every head
+        rotated = pairs * turns
+    return torch.view_as_real(rotated).flatten(-2).to(x.dtype)  # (B, nh, T, hd)
 
 
 class KVCache:
