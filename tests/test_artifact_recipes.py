@@ -63,16 +63,17 @@ def test_base_model_is_retrained_when_its_config_or_data_changes(artifacts, monk
     monkeypatch.setattr(trainer, "data_fingerprint", lambda: {"corpus": "one"})
     monkeypatch.setattr(trainer, "train_base_model", train)
     monkeypatch.setattr(trainer, "build_record", build)
+    steps = trainer.default_training_config().steps
     trainer.ensure_base_model()
     trainer.ensure_base_model()
-    assert trained == [1800]  # built once, then loaded
+    assert trained == [steps]  # built once, then loaded
     monkeypatch.setattr(
         trainer, "default_training_config", lambda: trainer.TrainingConfig(steps=70)
     )
     trainer.ensure_base_model()
     monkeypatch.setattr(trainer, "data_fingerprint", lambda: {"corpus": "two"})
     trainer.ensure_base_model()
-    assert trained == [1800, 70, 70]
+    assert trained == [steps, 70, 70]
 
 
 def _fake_sft_inputs(artifacts, monkeypatch) -> list[str]:

@@ -11,7 +11,7 @@ Both models are built from the course's own code and share the attention layer o
   model with `norm="layernorm"` (PyTorch's LayerNorm), chapter 3's `LearnedPositionalEmbedding`
   added to the tokens instead of rotary positions, and a GELU feed-forward of width 4 d.
 Shape: 4 layers, width 128, 4 heads, context 64, batch 12, vocabulary 65 (TinyShakespeare's
-characters). SwiGLU's three matrices of width 384 have 12% more weights than GELU's two of
+characters). SwiGLU's three matrices of width 352 have 3% more weights than GELU's two of
 width 512, so the course model does slightly more arithmetic per token.
 
 The step is a bare loop: forward, cross-entropy, backward, the course's gradient clipping and

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from chapters.ch02_tokenizer.tokenizer import ensure_tokenizer, load_tokens, token_bytes
-from chapters.ch04_blocks.model import LanguageModel, ModelConfig, count_parameters
+from chapters.ch04_blocks.model import LanguageModel, ModelConfig, count_parameters, default_d_ff
 from chapters.ch06_pretraining import trainer
 from chapters.course import artifacts_dir, atomic_write
 
@@ -33,6 +33,7 @@ BYTE_VOCAB = 256
 SWEEP_CONTEXT = 64
 SWEEP_BATCH = 16
 SWEEP_LR = 1e-2
+SWEEP_D_FF_MULTIPLE = 64  # the sweep's feed-forward widths, fixed when its results were measured
 # (d_model, n_layers, n_heads): from 2.9k to 0.9M parameters, 1.4 to 2x apart at the small end
 # (where the reduced budgets' optima lie), about 2x apart above.
 SWEEP_SHAPES = (
@@ -70,13 +71,15 @@ def byte_level_tokens(split: str, max_tokens: int | None = None) -> np.ndarray:
 
 
 def sweep_model_config(d_model: int, n_layers: int, n_heads: int) -> ModelConfig:
-    """A byte-level model of the sweep's family."""
+    """A byte-level model of the sweep's family (SwiGLU width 8/3 d rounded up to a multiple of
+    64, whatever chapter 4's default rounding: the family stays the one the results describe)."""
     return ModelConfig(
         vocab_size=BYTE_VOCAB,
         context_length=SWEEP_CONTEXT,
         d_model=d_model,
         n_layers=n_layers,
         n_heads=n_heads,
+        d_ff=default_d_ff(d_model, multiple_of=SWEEP_D_FF_MULTIPLE),
     )
 
 
