@@ -902,17 +902,17 @@ def expert_iteration(
 
 
 CHECKER_GRPO = GRPOConfig(  # the chapter's RL run with the checker as reward
-    steps=120,
+    steps=240,
     prompts_per_step=8,
     group_size=8,
     ppo_epochs=1,
     kl_coef=0.0,
-    learning_rate=3e-4,
+    learning_rate=5e-4,
     max_new_tokens=10,
     log_interval=20,
 )
 # expert iteration fine-tunes on its kept answers at GRPO's rate (chapter 8's finetune)
-EXPERT_ITERATION_TRAINING = {"steps": 100, "learning_rate": 3e-4, "min_lr": 3e-5}
+EXPERT_ITERATION_TRAINING = {"steps": 100, "learning_rate": 5e-4, "min_lr": 5e-5}
 
 
 @torch.no_grad()
